@@ -1,0 +1,87 @@
+"""HTTP layer: a thin FastAPI app over the catalog and the store.
+
+Until the viewer and access-control issues land this serves the catalog read-only: a placeholder
+page listing the node's slides, and JSON for slides and search.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Annotated
+
+from fastapi import FastAPI, HTTPException, Query
+from fastapi.responses import FileResponse, HTMLResponse
+
+from slidebank import __version__
+from slidebank.catalog.service import SearchQuery
+from slidebank.node import Node
+
+
+def create_app(node: Node | None = None) -> FastAPI:
+    node = node or Node.open()
+    app = FastAPI(title="Slidebank", version=__version__)
+
+    @app.get("/healthz")
+    def health() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/api/slides")
+    def list_slides() -> list[dict]:
+        return node.catalog.list_slides()
+
+    @app.get("/api/slides/{slide_id}")
+    def get_slide(slide_id: str) -> dict:
+        detail = node.catalog.get_slide(slide_id)
+        if detail is None:
+            raise HTTPException(404, "no such slide")
+        return detail
+
+    @app.get("/api/slides/{slide_id}/thumbnail.jpg")
+    def thumbnail(slide_id: str) -> FileResponse:
+        detail = node.catalog.get_slide(slide_id)
+        if detail is None or not detail.get("thumbnail_sha256"):
+            raise HTTPException(404, "no such slide")
+        return FileResponse(node.store.blob_path(detail["thumbnail_sha256"]), media_type="image/jpeg")
+
+    @app.get("/api/search")
+    def search(
+        dataset: Annotated[list[str] | None, Query()] = None,
+        species: Annotated[list[str] | None, Query()] = None,
+        organ: Annotated[list[str] | None, Query()] = None,
+        stain: Annotated[list[str] | None, Query()] = None,
+        vendor: Annotated[list[str] | None, Query()] = None,
+        diagnosis: Annotated[list[str] | None, Query()] = None,
+        text: Annotated[str | None, Query(max_length=200)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> dict:
+        result = node.catalog.search(
+            SearchQuery(
+                dataset=dataset, species=species, organ=organ, stain=stain, vendor=vendor,
+                diagnosis=diagnosis, text=text, limit=limit, offset=offset,
+            )
+        )
+        return {"total": result.total, "items": result.items, "facets": result.facets}
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> str:
+        slides = node.catalog.list_slides()
+        rows = "".join(
+            "<li><img src='/api/slides/{id}/thumbnail.jpg' height='96' alt=''>"
+            "<a href='/api/slides/{id}'>{id}</a> {w}×{h} {stain} {organ} {species}</li>".format(
+                id=html.escape(s["slide_id"]),
+                w=s["width"],
+                h=s["height"],
+                stain=html.escape(str(s.get("stain") or "")),
+                organ=html.escape(str(s.get("organ") or "")),
+                species=html.escape(str(s.get("species") or "")),
+            )
+            for s in slides
+        )
+        return (
+            "<!doctype html><html><head><meta charset='utf-8'><title>Slidebank</title></head><body>"
+            f"<h1>Slidebank</h1><p>{len(slides)} slides in this node. "
+            "The viewer arrives with the View issue.</p><ul>" + rows + "</ul></body></html>"
+        )
+
+    return app

@@ -1,0 +1,309 @@
+"""`slidebank` command line: a thin layer over the services, for stewards, operators and scripts.
+
+Every command that prints data has `--json` with a stable shape; human output uses Rich.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from slidebank import __version__
+
+app = typer.Typer(help="Slidebank: collect, describe and share whole-slide images.", no_args_is_help=True)
+slides_app = typer.Typer(help="List and inspect stored slides.", no_args_is_help=True)
+app.add_typer(slides_app, name="slides")
+
+console = Console(stderr=True)
+HomeOption = Annotated[
+    Optional[Path], typer.Option("--home", envvar="SLIDEBANK_HOME", help="Node folder (default ./slidebank-data).")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+
+
+def _open_node(home: Path | None):  # noqa: ANN202 - Node import is deferred to keep `--help` fast
+    from slidebank.node import Node
+
+    return Node.open(home)
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, default=str) + "\n")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+@app.command()
+def version() -> None:
+    """Print the Slidebank version."""
+    typer.echo(__version__)
+
+
+@app.command()
+def init(home: HomeOption = None) -> None:
+    """Create (or upgrade) an embedded node: catalog schema, blob store and node key."""
+    node = _open_node(home)
+    _ = node.secret
+    console.print(f"Slidebank node ready in [bold]{node.settings.home}[/bold]")
+    node.close()
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Slide files or folders (searched recursively).")],
+    dataset: Annotated[Optional[str], typer.Option(help="Dataset to put the slides in.")] = None,
+    metadata: Annotated[Optional[Path], typer.Option(help="Sidecar CSV/JSON describing the slides.")] = None,
+    slide_id: Annotated[Optional[str], typer.Option("--slide-id", help="Keep your own id (one slide only).")] = None,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes.")] = 1,
+    as_json: JsonOption = False,
+    home: HomeOption = None,
+) -> None:
+    """Validate, de-identify, convert to DICOM WSI, store and catalog slides. Exit 1 if any was rejected."""
+    from slidebank.ingest.runner import IngestUsageError, plan_ingest, run_ingest
+    from slidebank.ingest.sidecar import SidecarError
+
+    try:
+        plan = plan_ingest(paths, dataset=dataset, sidecar=metadata, slide_id=slide_id)
+    except (FileNotFoundError, IngestUsageError, SidecarError) as error:
+        _fail(str(error))
+    node = _open_node(home)
+    if as_json:
+        outcomes = run_ingest(node, plan, workers=workers, on_outcome=lambda o: _print_json(o.to_json()))
+    else:
+        outcomes = _ingest_with_progress(node, plan, workers)
+    node.close()
+    raise typer.Exit(1 if any(o.status == "rejected" for o in outcomes) else 0)
+
+
+def _ingest_with_progress(node: Any, plan: Any, workers: int) -> list:
+    from slidebank.ingest.runner import run_ingest
+
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    byte_progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+    slides_task = progress.add_task("slides", total=len(plan.requests))
+    bytes_task = byte_progress.add_task("bytes ", total=plan.total_bytes)
+
+    def advance(outcome: Any) -> None:
+        progress.advance(slides_task)
+        byte_progress.advance(bytes_task, outcome.size)
+        colour = {"ingested": "green", "duplicate": "yellow", "rejected": "red"}[outcome.status]
+        live.console.print(f"[{colour}]{outcome.status:9}[/{colour}] {outcome.path}")
+
+    with Live(Group(progress, byte_progress), console=console, refresh_per_second=8) as live:
+        outcomes = run_ingest(node, plan, workers=workers, on_outcome=advance)
+
+    table = Table(title="Ingest summary")
+    for column in ("status", "slide", "slide id", "reason / what to do"):
+        table.add_column(column, overflow="fold")
+    for outcome in outcomes:
+        table.add_row(outcome.status, outcome.path, outcome.slide_id or "", outcome.error or "")
+    console.print(table)
+    counts = {status: sum(o.status == status for o in outcomes) for status in ("ingested", "duplicate", "rejected")}
+    console.print(", ".join(f"{n} {status}" for status, n in counts.items()))
+    if plan.ignored:
+        console.print(f"{len(plan.ignored)} file(s) in the folders were not slides and were ignored")
+    return outcomes
+
+
+@slides_app.command("list")
+def slides_list(as_json: JsonOption = False, home: HomeOption = None) -> None:
+    """List every slide in the catalog."""
+    node = _open_node(home)
+    slides = node.catalog.list_slides()
+    node.close()
+    if as_json:
+        _print_json(slides)
+        return
+    table = Table()
+    for column in ("slide id", "dataset", "size", "vendor", "stain", "organ", "species", "diagnosis"):
+        table.add_column(column)
+    for s in slides:
+        table.add_row(
+            s["slide_id"],
+            str(s.get("dataset") or ""),
+            f"{s['width']}×{s['height']}",
+            str(s.get("vendor") or ""),
+            str(s.get("stain") or ""),
+            str(s.get("organ") or ""),
+            str(s.get("species") or ""),
+            str(s.get("diagnosis") or ""),
+        )
+    Console().print(table)
+
+
+@slides_app.command("show")
+def slides_show(slide_id: str, as_json: JsonOption = False, home: HomeOption = None) -> None:
+    """Everything the catalog knows about one slide."""
+    node = _open_node(home)
+    detail = node.catalog.get_slide(slide_id)
+    node.close()
+    if detail is None:
+        _fail(f"no slide {slide_id!r}", 1)
+    if as_json:
+        _print_json(detail)
+        return
+    table = Table(show_header=False)
+    for key, value in detail.items():
+        rendered = json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value)
+        table.add_row(key, rendered)
+    Console().print(table)
+
+
+@app.command()
+def search(
+    dataset: Annotated[Optional[list[str]], typer.Option(help="Dataset name (repeatable).")] = None,
+    species: Annotated[Optional[list[str]], typer.Option()] = None,
+    organ: Annotated[Optional[list[str]], typer.Option()] = None,
+    stain: Annotated[Optional[list[str]], typer.Option()] = None,
+    vendor: Annotated[Optional[list[str]], typer.Option()] = None,
+    diagnosis: Annotated[Optional[list[str]], typer.Option()] = None,
+    text: Annotated[Optional[str], typer.Option(help="Free text (slide id, alias, diagnosis).")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
+    offset: Annotated[int, typer.Option(min=0)] = 0,
+    as_json: JsonOption = False,
+    home: HomeOption = None,
+) -> None:
+    """Faceted search at image level: filters are OR within a facet and AND across facets."""
+    from slidebank.catalog.service import SearchQuery
+
+    query = SearchQuery(
+        dataset=dataset or None,
+        species=species or None,
+        organ=organ or None,
+        stain=stain or None,
+        vendor=vendor or None,
+        diagnosis=diagnosis or None,
+        text=text,
+        limit=limit,
+        offset=offset,
+    )
+    node = _open_node(home)
+    result = node.catalog.search(query)
+    node.close()
+    if as_json:
+        _print_json(
+            {
+                "total": result.total,
+                "items": result.items,
+                "facets": {name: [{"value": v, "count": c} for v, c in values] for name, values in result.facets.items()},
+            }
+        )
+        return
+    out = Console()
+    table = Table(title=f"{result.total} slide(s)")
+    for column in ("slide id", "dataset", "species", "organ", "stain", "diagnosis"):
+        table.add_column(column)
+    for s in result.items:
+        table.add_row(*(str(s.get(k) or "") for k in ("slide_id", "dataset", "species", "organ", "stain", "diagnosis")))
+    out.print(table)
+    for name, values in result.facets.items():
+        out.print(f"[bold]{name}[/bold]: " + ", ".join(f"{v} ({c})" for v, c in values))
+
+
+@app.command()
+def export(
+    slide_id: str,
+    to: Annotated[Path, typer.Option("--to", help="Folder to write the DICOM files into.")],
+    home: HomeOption = None,
+) -> None:
+    """Write the stored canonical slide as DICOM files (administrators)."""
+    from slidebank.slides.stored import export_slide
+
+    node = _open_node(home)
+    try:
+        written = export_slide(node, slide_id, to)
+    except LookupError as error:
+        _fail(str(error), 1)
+    finally:
+        node.close()
+    for path in written:
+        typer.echo(str(path))
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Argument(help="File to write (.svs or .tiff).")],
+    width: Annotated[int, typer.Option(min=1)] = 8192,
+    height: Annotated[int, typer.Option(min=1)] = 8192,
+    vendor: Annotated[str, typer.Option(help="aperio or generic")] = "aperio",
+    label_text: Annotated[Optional[str], typer.Option(help="Fake PHI printed on the label.")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    stain: Annotated[str, typer.Option(help="HE or IHC")] = "HE",
+) -> None:
+    """Generate a synthetic H&E-like slide with a real pyramid and a label carrying fake PHI."""
+    from slidebank.synth import write_synthetic_slide
+
+    if vendor not in ("aperio", "generic"):
+        _fail("--vendor must be aperio or generic")
+    slide = write_synthetic_slide(
+        out, width, height, vendor=vendor, label_text=label_text, seed=seed, stain=stain  # type: ignore[arg-type]
+    )
+    typer.echo(str(slide.path))
+
+
+@app.command("demo-data")
+def demo_data(
+    out: Annotated[Path, typer.Argument(help="Folder for the sample slides and their sidecar.")],
+    size: Annotated[int, typer.Option(help="Level-0 side of each slide in pixels.")] = 6000,
+) -> None:
+    """Generate the demo's sample slides (human and animal, several stains) and metadata.csv."""
+    from slidebank.synth.demo import write_demo_collection
+
+    sidecar = write_demo_collection(out, size)
+    typer.echo(str(sidecar))
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+    home: HomeOption = None,
+) -> None:
+    """Serve the web app and REST API."""
+    import os
+
+    import uvicorn
+
+    if home:
+        os.environ["SLIDEBANK_HOME"] = str(home)
+    _open_node(home).close()  # migrate before workers start
+    console.print(f"Slidebank on http://{host}:{port}/")
+    uvicorn.run("slidebank.api.app:create_app", factory=True, host=host, port=port, log_level="info")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

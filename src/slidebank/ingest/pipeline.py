@@ -1,0 +1,257 @@
+"""The ingest pipeline for one slide: small steps, one commit at the end.
+
+validate → checksum → de-duplicate → convert (de-identified) → verify → publish blobs → register.
+
+Everything up to "publish" happens in a private staging folder; "register" is a single catalog
+transaction. A crash before the commit leaves at most unreferenced blobs, which the next run's
+`Node.recover` deletes; the catalog never points to a blob that is not in place. The steps before
+registration run in worker processes (`prepare_slide`); registration runs in the parent so the
+catalog has one writer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any, Literal
+
+import openslide
+from PIL import Image as PILImage
+from wsidicom import WsiDicom
+
+from slidebank import __version__
+from slidebank.catalog.records import IngestedSlide, LevelInfo, SlideDescription, StoredFile
+from slidebank.catalog.service import DuplicateSourceError, SlideIdTakenError
+from slidebank.ingest.convert import ConversionError, convert_to_dicom
+from slidebank.ingest.deidentify import (
+    PROFILE_NAME,
+    DeidentificationError,
+    build_wsi_metadata,
+    pseudonym,
+    verify_deidentified,
+)
+from slidebank.node import Node, NodeSettings
+from slidebank.slides.inspect import SlideRejected, SourceInfo, inspect_source
+from slidebank.slides.source import SourceSlide
+from slidebank.storage import sha256_file
+
+SLIDE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+THUMBNAIL_SIZE = 512
+Status = Literal["ingested", "duplicate", "rejected"]
+
+
+@dataclass(frozen=True)
+class IngestRequest:
+    """One source slide to ingest, with what the submitter said about it."""
+
+    source: SourceSlide
+    description: SlideDescription = field(default_factory=SlideDescription)
+
+
+@dataclass(frozen=True)
+class IngestOutcome:
+    """What happened to one source slide; the CLI prints exactly this."""
+
+    path: str
+    status: Status
+    slide_id: str | None = None
+    error: str | None = None
+    size: int = 0
+    seconds: float = 0.0
+    method: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "status": self.status, "slide_id": self.slide_id, "error": self.error}
+
+
+def new_slide_id() -> str:
+    return f"sb-{secrets.token_hex(6)}"
+
+
+def validate_slide_id(slide_id: str) -> str:
+    if not SLIDE_ID_PATTERN.fullmatch(slide_id):
+        raise SlideRejected(
+            f"slide id {slide_id!r} is not valid",
+            "use 1–64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+        )
+    return slide_id
+
+
+def checksum_source(source: SourceSlide) -> tuple[str, int]:
+    """SHA-256 of the original; multi-file slides hash the sorted list of their files' digests."""
+    if len(source.files) == 1:
+        ref = sha256_file(source.files[0])
+        return ref.sha256, ref.size
+    base = source.path.parent
+    manifest = hashlib.sha256()
+    total = 0
+    for file in sorted(source.files):
+        ref = sha256_file(file)
+        total += ref.size
+        manifest.update(f"{ref.sha256}  {file.relative_to(base).as_posix()}\n".encode())
+    return manifest.hexdigest(), total
+
+
+def _tool_versions() -> dict[str, str]:
+    versions = {"slidebank": __version__, "openslide": openslide.__library_version__}
+    for package in ("wsidicom", "wsidicomizer", "opentile", "pydicom", "tifffile", "dicom-anonymizer"):
+        versions[package] = version(package)
+    return versions
+
+
+def _describe_stored(files: tuple[Path, ...]) -> tuple[list[tuple[Path, int]], list[LevelInfo], Any, str]:
+    """Read back what we wrote: proves it opens, and gives levels, tile size and transfer syntax."""
+    with WsiDicom.open([str(f) for f in files]) as wsi:
+        base = wsi.levels[0]
+        levels = [
+            LevelInfo(lvl.size.width, lvl.size.height, base.size.width / lvl.size.width) for lvl in wsi.levels
+        ]
+        file_levels: list[tuple[Path, int]] = []
+        for index, level in enumerate(wsi.levels):
+            for instance in level.instances:
+                for path in getattr(instance.image_data, "filepaths", []):
+                    file_levels.append((Path(str(path)), index))
+        smallest = wsi.levels[-1]
+        thumbnail = wsi.read_region((0, 0), smallest.level, (smallest.size.width, smallest.size.height))
+        transfer_syntax = str(base.datasets[0].file_meta.TransferSyntaxUID)
+        tile = wsi.tile_size
+    thumbnail.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+    return file_levels, levels, (tile, thumbnail.convert("RGB")), transfer_syntax
+
+
+def prepare_slide(settings: NodeSettings, request: IngestRequest, threads: int = 1) -> IngestedSlide | IngestOutcome:
+    """Every step but registration; safe to run in a worker process. Returns an outcome when done early."""
+    started = time.monotonic()
+    source = request.source
+    node = Node(settings, migrate=False)
+    try:
+        try:
+            info = inspect_source(source, node.limits)
+            source_sha256, source_size = checksum_source(source)
+            existing = node.catalog.slide_id_for_source(source_sha256)
+            if existing:
+                return IngestOutcome(source.display_name, "duplicate", existing, size=source_size)
+            slide_id = validate_slide_id(request.description.slide_id or new_slide_id())
+            if node.catalog.slide_exists(slide_id):
+                raise SlideRejected(f"slide id {slide_id!r} is already taken", "choose another --slide-id")
+            return _convert_and_publish(node, request, info, slide_id, source_sha256, source_size, threads, started)
+        except (SlideRejected, ConversionError, DeidentificationError) as error:
+            return IngestOutcome(source.display_name, "rejected", error=str(error), size=source.size)
+    finally:
+        node.close()
+
+
+def _convert_and_publish(
+    node: Node,
+    request: IngestRequest,
+    info: SourceInfo,
+    slide_id: str,
+    source_sha256: str,
+    source_size: int,
+    threads: int,
+    started: float,
+) -> IngestedSlide:
+    secret = node.secret
+    description = request.description
+    subject = pseudonym(secret, "subject", description.subject or f"source:{source_sha256}")
+    spacing = (info.mpp_x / 1000, info.mpp_y / 1000) if info.mpp_x and info.mpp_y else None
+    metadata = build_wsi_metadata(
+        slide_id=slide_id,
+        subject_pseudonym=subject,
+        manufacturer=info.scanner_manufacturer,
+        model=info.scanner_model,
+        pixel_spacing_mm=spacing,
+    )
+    with node.store.staging_dir() as staging:
+        result = convert_to_dicom(request.source, info, metadata, staging / "dicom", threads=threads)
+        verify_deidentified(result.files, {slide_id, subject, f"{slide_id}-sample", slide_id[:16]})
+        file_levels, levels, (tile, thumbnail), transfer_syntax = _describe_stored(result.files)
+        thumbnail_path = staging / "thumbnail.jpg"
+        buffer = io.BytesIO()
+        thumbnail.save(buffer, "JPEG", quality=85)
+        thumbnail_path.write_bytes(buffer.getvalue())
+
+        stored: list[StoredFile] = []
+        for path, level in file_levels:
+            ref = node.store.publish(path)
+            stored.append(StoredFile("volume", ref.sha256, ref.size, level))
+        thumb_ref = node.store.publish(thumbnail_path)
+        stored.append(StoredFile("thumbnail", thumb_ref.sha256, thumb_ref.size, None, "image/jpeg"))
+
+    provenance = {
+        "ingested_at": datetime.now(UTC).isoformat(),
+        "source_name": pseudonym(secret, "source", request.source.path.name),
+        "source_files": len(request.source.files),
+        "conversion": result.method,
+        "source_reader": result.source_reader,
+        "deidentification": {
+            "profile": PROFILE_NAME,
+            "dropped_associated_images": list(info.associated_images),
+        },
+        "tools": _tool_versions(),
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    return IngestedSlide(
+        slide_id=slide_id,
+        source_sha256=source_sha256,
+        source_size=source_size,
+        source_name_pseudonym=provenance["source_name"],
+        original_format=info.original_format,
+        vendor=info.vendor,
+        width=info.width,
+        height=info.height,
+        tile_width=tile.width,
+        tile_height=tile.height,
+        levels=tuple(levels),
+        mpp_x=info.mpp_x,
+        mpp_y=info.mpp_y,
+        objective_power=info.objective_power,
+        scanner_manufacturer=info.scanner_manufacturer,
+        scanner_model=info.scanner_model,
+        transfer_syntax=transfer_syntax,
+        source_associated_images=info.associated_images,
+        files=tuple(stored),
+        thumbnail_sha256=thumb_ref.sha256,
+        description=SlideDescription(**{**description.__dict__, "subject": subject, "slide_id": slide_id}),
+        provenance=provenance,
+    )
+
+
+def register_slide(node: Node, request: IngestRequest, prepared: IngestedSlide | IngestOutcome) -> IngestOutcome:
+    """The one transactional boundary: the slide exists once this commits, and not before."""
+    if isinstance(prepared, IngestOutcome):
+        return prepared
+    name = request.source.display_name
+    seconds = float(prepared.provenance.get("seconds", 0.0))
+    try:
+        slide_id = node.catalog.register(prepared)
+    except DuplicateSourceError as duplicate:
+        _discard_blobs(node, prepared)
+        return IngestOutcome(name, "duplicate", duplicate.slide_id, size=prepared.source_size)
+    except SlideIdTakenError:
+        _discard_blobs(node, prepared)
+        return IngestOutcome(
+            name, "rejected", error=f"slide id {prepared.slide_id!r} is already taken — choose another --slide-id"
+        )
+    return IngestOutcome(
+        name,
+        "ingested",
+        slide_id,
+        size=prepared.source_size,
+        seconds=seconds,
+        method=str(prepared.provenance.get("conversion")),
+    )
+
+
+def _discard_blobs(node: Node, prepared: IngestedSlide) -> None:
+    referenced = node.catalog.referenced_blobs()
+    for stored in prepared.files:
+        if stored.sha256 not in referenced:
+            node.store.delete(stored.sha256)

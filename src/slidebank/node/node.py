@@ -1,0 +1,79 @@
+"""The embedded node: everything lives under one folder, `SLIDEBANK_HOME` (default ./slidebank-data).
+
+The same code serves a data centre by pointing `SLIDEBANK_DATABASE_URL` at PostgreSQL; storage is
+behind the `BlobStore` interface so an object store can replace the local folder.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from slidebank.catalog.database import create_catalog_engine, upgrade_schema
+from slidebank.catalog.service import Catalog
+from slidebank.slides.inspect import Limits
+from slidebank.storage import LocalBlobStore
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """Where a node keeps its state; picklable so worker processes can open the same node."""
+
+    home: Path
+    database_url: str
+
+    @classmethod
+    def from_environment(cls, home: Path | None = None) -> NodeSettings:
+        home = Path(home or os.environ.get("SLIDEBANK_HOME", "slidebank-data")).absolute()
+        url = os.environ.get("SLIDEBANK_DATABASE_URL") or f"sqlite:///{home / 'catalog.sqlite'}"
+        return cls(home=home, database_url=url)
+
+
+class Node:
+    """Opened node: the catalog (schema migrated on open), the blob store and the node secret."""
+
+    def __init__(self, settings: NodeSettings, *, migrate: bool = True) -> None:
+        self.settings = settings
+        settings.home.mkdir(parents=True, exist_ok=True)
+        self.engine = create_catalog_engine(settings.database_url)
+        if migrate:
+            upgrade_schema(self.engine)
+        self.catalog = Catalog(self.engine)
+        self.store = LocalBlobStore(settings.home / "store")
+        self.limits = Limits()
+
+    @classmethod
+    def open(cls, home: Path | None = None) -> Node:
+        return cls(NodeSettings.from_environment(home))
+
+    @property
+    def secret(self) -> bytes:
+        """Per-node key for pseudonyms; created once with owner-only permissions."""
+        path = self.settings.home / "node.key"
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(secrets.token_bytes(32))
+        return path.read_bytes()
+
+    @contextmanager
+    def ingest_lock(self) -> Iterator[None]:
+        """One ingest run per node at a time, so recovery after a crash cannot race a live ingest."""
+        with open(self.settings.home / "ingest.lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def recover(self) -> list[str]:
+        """Remove what a crashed ingest left behind: unreferenced blobs and staging folders."""
+        return self.store.collect_garbage(self.catalog.referenced_blobs())
+
+    def close(self) -> None:
+        self.engine.dispose()

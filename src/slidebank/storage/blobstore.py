@@ -1,0 +1,146 @@
+"""Content-addressed blob storage with staging and atomic publish.
+
+A slide's canonical files become blobs named by their SHA-256. Writers build files in a private
+staging directory and then *publish* them; publishing is a rename on the same filesystem, so a
+reader (or the catalog) never sees a half-written blob. Blobs that were published by an ingest
+that crashed before the catalog committed are unreferenced and removed by `collect_garbage`.
+The interface is small on purpose so an S3 implementation can stand beside the local one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+CHUNK_SIZE = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    sha256: str
+    size: int
+
+
+class BlobStore(Protocol):
+    """What the rest of Slidebank may ask of a blob store."""
+
+    def staging_dir(self) -> AbstractContextManager[Path]: ...  # pragma: no cover
+
+    def publish(self, path: Path) -> BlobRef: ...  # pragma: no cover
+
+    def open(self, sha256: str) -> BinaryIO: ...  # pragma: no cover
+
+    def exists(self, sha256: str) -> bool: ...  # pragma: no cover
+
+    def delete(self, sha256: str) -> None: ...  # pragma: no cover
+
+    def iter_blobs(self) -> Iterator[str]: ...  # pragma: no cover
+
+    def collect_garbage(self, referenced: set[str], min_age_s: float = 0) -> list[str]: ...  # pragma: no cover
+
+
+def sha256_file(path: Path, chunk_size: int = CHUNK_SIZE) -> BlobRef:
+    """Streaming SHA-256, so multi-GB files hash in constant memory."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+            size += len(chunk)
+    return BlobRef(digest.hexdigest(), size)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalBlobStore:
+    """Blobs on local disk under `root/objects/ab/cd/<sha256>`, staging under `root/staging`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.objects = root / "objects"
+        self.staging = root / "staging"
+        self.objects.mkdir(parents=True, exist_ok=True)
+        self.staging.mkdir(parents=True, exist_ok=True)
+
+    def blob_path(self, sha256: str) -> Path:
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise ValueError(f"not a SHA-256 hex digest: {sha256!r}")
+        return self.objects / sha256[:2] / sha256[2:4] / sha256
+
+    @contextmanager
+    def staging_dir(self) -> Iterator[Path]:
+        """A private scratch directory on the store's filesystem, removed on exit whatever happens."""
+        path = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=self.staging))
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def publish(self, path: Path) -> BlobRef:
+        """Move a finished staging file into the store under its digest (atomic, durable)."""
+        ref = sha256_file(path)
+        target = self.blob_path(ref.sha256)
+        if target.exists():
+            path.unlink()
+            return ref
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(path, target)
+        _fsync_dir(target.parent)
+        return ref
+
+    def open(self, sha256: str) -> BinaryIO:
+        return open(self.blob_path(sha256), "rb")
+
+    def exists(self, sha256: str) -> bool:
+        return self.blob_path(sha256).is_file()
+
+    def delete(self, sha256: str) -> None:
+        self.blob_path(sha256).unlink(missing_ok=True)
+
+    def iter_blobs(self) -> Iterator[str]:
+        for path in self.objects.glob("*/*/*"):
+            if path.is_file() and len(path.name) == 64:
+                yield path.name
+
+    def delete_many(self, digests: Iterable[str]) -> None:
+        for digest in digests:
+            self.delete(digest)
+
+    def collect_garbage(self, referenced: set[str], min_age_s: float = 0) -> list[str]:
+        """Delete blobs nobody references (left by a crashed ingest) and stale staging dirs.
+
+        `min_age_s` protects blobs that a concurrent ingest has published but not yet
+        registered; callers holding the node's ingest lock may pass 0.
+        """
+        now = time.time()
+        removed: list[str] = []
+        for digest in list(self.iter_blobs()):
+            if digest in referenced:
+                continue
+            path = self.blob_path(digest)
+            if now - path.stat().st_mtime >= min_age_s:
+                path.unlink(missing_ok=True)
+                removed.append(digest)
+        for leftover in self.staging.iterdir():
+            if now - leftover.stat().st_mtime >= min_age_s:
+                if leftover.is_dir():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink(missing_ok=True)
+        return removed

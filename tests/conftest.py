@@ -1,0 +1,81 @@
+"""Shared fixtures: a fresh node per test, the real slides in ../shared/slides, and synthetic slides."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from slidebank.node import Node, NodeSettings
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_SLIDES = Path(os.environ.get("SLIDEBANK_SHARED_SLIDES", REPO.parent / "shared" / "slides"))
+SLIDEBANK_BIN = Path(sys.executable).with_name("slidebank")
+
+
+@pytest.fixture
+def shared_slides() -> Path:
+    """The real scanner-written slides; tests using them skip cleanly where the folder is absent."""
+    if not (SHARED_SLIDES / "README.md").is_file():
+        pytest.skip(f"real slides not available at {SHARED_SLIDES}")
+    return SHARED_SLIDES
+
+
+@pytest.fixture
+def node_home(tmp_path: Path) -> Path:
+    return tmp_path / "node"
+
+
+@pytest.fixture
+def node(node_home: Path) -> Iterator[Node]:
+    opened = Node(NodeSettings(home=node_home, database_url=f"sqlite:///{node_home / 'catalog.sqlite'}"))
+    yield opened
+    opened.close()
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("synthetic")
+
+
+@pytest.fixture(scope="session")
+def aperio_slide(synthetic_dir: Path):  # noqa: ANN201 - SyntheticSlide
+    """A 3000×2400 synthetic Aperio SVS with label, macro and fake PHI (shared, read-only)."""
+    from slidebank.synth import write_synthetic_slide
+
+    return write_synthetic_slide(
+        synthetic_dir / "JaneDoe_S26-4711.svs",
+        3000,
+        2400,
+        vendor="aperio",
+        label_text="DOE^JANE MRN:90210417 S26-4711",
+        seed=7,
+    )
+
+
+@pytest.fixture(scope="session")
+def generic_slide(synthetic_dir: Path):  # noqa: ANN201 - SyntheticSlide
+    from slidebank.synth import write_synthetic_slide
+
+    return write_synthetic_slide(synthetic_dir / "generic.tiff", 1500, 1100, vendor="generic", seed=3)
+
+
+def run_cli(*args: str, home: Path, check: bool = False, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the real `slidebank` executable, as a user would."""
+    env = {**os.environ, "SLIDEBANK_HOME": str(home)}
+    env.pop("SLIDEBANK_DATABASE_URL", None)
+    result = subprocess.run(
+        [str(SLIDEBANK_BIN), *args], capture_output=True, text=True, env=env, timeout=timeout, check=False
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"slidebank {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+    return result
+
+
+def json_lines(output: str) -> list[dict]:
+    return [json.loads(line) for line in output.splitlines() if line.strip()]
