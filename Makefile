@@ -37,10 +37,10 @@ serve: install
 	$(BIN)/slidebank serve --host $(HOST) --port $(PORT)
 
 test: install
-	$(BIN)/python -m pytest -n 2 --durations=15
+	$(BIN)/python -m pytest -n 2 --durations=15 -m "not slow"
 
-test-fast: install
-	$(BIN)/python -m pytest -n 2 -m "not slow"
+test-slow: install
+	$(BIN)/python -m pytest -n 2 -m slow
 
 bench: install
 	$(BIN)/python bench/ingest.py

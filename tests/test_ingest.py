@@ -79,7 +79,7 @@ def test_reencoded_pyramid_keeps_fidelity(node: Node, shared_slides: Path) -> No
         size = original.dimensions
         ours = np.asarray(stored.read_region((0, 0), 0, size).convert("RGB"))
         theirs = np.asarray(original.read_region((0, 0), 0, size).convert("RGB"))
-        assert [lvl.size.width for lvl in stored.levels][:3] == [300, 150, 75]
+        assert stored.levels[0].size.width == 300  # one 512-px tile: no lower level needed
     assert psnr(ours, theirs) > 40
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import openslide
+import pydicom
 from PIL import Image as PILImage
 from wsidicom import WsiDicom
 
@@ -113,15 +114,18 @@ def _describe_stored(files: tuple[Path, ...]) -> tuple[list[tuple[Path, int]], l
         levels = [
             LevelInfo(lvl.size.width, lvl.size.height, base.size.width / lvl.size.width) for lvl in wsi.levels
         ]
-        file_levels: list[tuple[Path, int]] = []
-        for index, level in enumerate(wsi.levels):
-            for instance in level.instances:
-                for path in getattr(instance.image_data, "filepaths", []):
-                    file_levels.append((Path(str(path)), index))
+        widths = [lvl.size.width for lvl in wsi.levels]
         smallest = wsi.levels[-1]
         thumbnail = wsi.read_region((0, 0), smallest.level, (smallest.size.width, smallest.size.height))
-        transfer_syntax = str(base.datasets[0].file_meta.TransferSyntaxUID)
         tile = wsi.tile_size
+    file_levels: list[tuple[Path, int]] = []
+    transfer_syntax = ""
+    for path in files:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        level = widths.index(int(header.TotalPixelMatrixColumns))
+        file_levels.append((path, level))
+        if level == 0:
+            transfer_syntax = str(header.file_meta.TransferSyntaxUID)
     thumbnail.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
     return file_levels, levels, (tile, thumbnail.convert("RGB")), transfer_syntax
 
