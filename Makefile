@@ -10,7 +10,7 @@ export SLIDEBANK_HOME
 # System libraries that Python packages load at run time (wsidicom's JPEG codec needs libturbojpeg).
 SYSTEM_PACKAGES := libturbojpeg0
 
-.PHONY: system-deps install demo serve test test-fast bench clean
+.PHONY: system-deps install demo serve test test-slow bench clean
 
 system-deps:
 	@if ! ldconfig -p | grep -q libturbojpeg.so.0; then \
