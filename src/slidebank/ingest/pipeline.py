@@ -114,10 +114,10 @@ def _describe_stored(files: tuple[Path, ...]) -> tuple[list[tuple[Path, int]], l
         levels = [
             LevelInfo(lvl.size.width, lvl.size.height, base.size.width / lvl.size.width) for lvl in wsi.levels
         ]
-        widths = [lvl.size.width for lvl in wsi.levels]
         smallest = wsi.levels[-1]
         thumbnail = wsi.read_region((0, 0), smallest.level, (smallest.size.width, smallest.size.height))
         tile = wsi.tile_size
+    widths = [level.width for level in levels]
     file_levels: list[tuple[Path, int]] = []
     transfer_syntax = ""
     for path in files:
