@@ -71,7 +71,6 @@ def test_svs_tiles_are_copied_and_level0_pixels_are_identical(node: Node, shared
     assert np.array_equal(ours, theirs)
 
 
-@pytest.mark.xfail(reason='re-encode uses wsidicomizer default JPEG quality: 32 dB on sharp synthetic boxes; needs higher-quality encoder settings', strict=True)
 def test_reencoded_pyramid_keeps_fidelity(node: Node, shared_slides: Path) -> None:
     source = shared_slides / "tiff/openslide-python-boxes.tiff"
     [outcome] = ingest(node, source)
@@ -82,6 +81,27 @@ def test_reencoded_pyramid_keeps_fidelity(node: Node, shared_slides: Path) -> No
         theirs = np.asarray(original.read_region((0, 0), 0, size).convert("RGB"))
         assert stored.levels[0].size.width == 300  # one 512-px tile: no lower level needed
     assert psnr(ours, theirs) > 40
+
+
+def test_reencoded_synthetic_region_keeps_fidelity(node: Node, generic_slide, tmp_path: Path) -> None:  # noqa: ANN001
+    """A losslessly compressed (deflate) single-level TIFF must be re-encoded, levels built: > 40 dB."""
+    with openslide.OpenSlide(generic_slide.path) as original:
+        pixels = np.asarray(original.read_region((0, 0), 0, original.dimensions).convert("RGB"))
+    source, no_spacing = tmp_path / "deflate.tiff", tmp_path / "no-spacing.tiff"
+    tifffile.imwrite(no_spacing, pixels, tile=(256, 256), compression="zlib", photometric="rgb")
+    [refused] = ingest(node, no_spacing)
+    assert refused.status == "rejected" and "µm/px" in refused.error
+    per_cm = 10_000 / 0.25  # 0.25 µm per pixel
+    tifffile.imwrite(
+        source, pixels, tile=(256, 256), compression="zlib", photometric="rgb",
+        resolution=(per_cm, per_cm), resolutionunit="CENTIMETER",
+    )
+    [outcome] = ingest(node, source)
+    assert outcome.status == "ingested" and outcome.method == "re-encoded", outcome
+    with open_stored_slide(node, outcome.slide_id) as stored:
+        assert [level.size.width for level in stored.levels] == [1500, 750, 375]
+        ours = np.asarray(stored.read_region((300, 50), 0, (1024, 1024)).convert("RGB"))
+    assert psnr(ours, pixels[50:1074, 300:1324]) > 40
 
 
 def test_synthetic_slide_is_deidentified_in_every_stored_byte(node: Node, aperio_slide) -> None:  # noqa: ANN001
@@ -122,15 +142,18 @@ def test_same_bytes_twice_is_a_duplicate(node: Node, aperio_slide, tmp_path: Pat
 def test_submitter_slide_id_and_sidecar_metadata(node: Node, generic_slide, tmp_path: Path) -> None:  # noqa: ANN001
     sidecar = tmp_path / "meta.csv"
     sidecar.write_text(
-        "file,subject,species,anatomical_site,stain,diagnosis\n"
-        f"{generic_slide.path.name},PATIENT-42,human,liver,H&E,steatosis\n"
+        "file,subject,case,specimen,block,slide,species,anatomical_site,stain,diagnosis\n"
+        f"{generic_slide.path.name},PATIENT-42,S26-0777,S26-0777-A,A1,A1-HE,human,liver,H&E,steatosis\n"
     )
     [outcome] = ingest(node, generic_slide.path, sidecar=sidecar, slide_id="HOSP.2026-0042")
     assert outcome.status == "ingested", outcome.error
     assert outcome.slide_id == "HOSP.2026-0042"
     detail = node.catalog.get_slide("HOSP.2026-0042")
     flat = str(detail)
-    assert "PATIENT-42" not in flat, "subject identifiers are pseudonymised"
+    assert detail["samples"]["block"].startswith(detail["samples"]["specimen"] + "/BLOC-")
+    for accession in ("PATIENT-42", "S26-0777", "A1"):
+        assert accession not in flat, f"{accession}: submitter identifiers are pseudonymised"
+        assert accession.encode() not in (node.settings.home / "catalog.sqlite").read_bytes()
     assert "steatosis" in flat and "liver" in flat
 
 

@@ -772,6 +772,12 @@ class Catalog:
                 "thumbnail_sha256": image.thumbnail_sha256,
                 # Biological context, as plain values…
                 "subject": being.alias if being else None,
+                "samples": {  # the MetaFleX chain above this image, by alias
+                    "case": case.alias if case else None,
+                    "specimen": specimen.alias if specimen else None,
+                    "block": block.alias,
+                    "slide": glass.alias,
+                },
                 "sex": being.sex if being else None,
                 "age_at_extraction": specimen.age_at_extraction if specimen else None,
                 "anatomical_site": specimen.anatomical_site if specimen else None,

@@ -16,7 +16,7 @@ import io
 import re
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -223,9 +223,23 @@ def _convert_and_publish(
         source_associated_images=info.associated_images,
         files=tuple(stored),
         thumbnail_sha256=thumb_ref.sha256,
-        description=SlideDescription(**{**description.__dict__, "subject": subject, "slide_id": slide_id}),
+        description=_pseudonymised(description, secret, subject, slide_id),
         provenance=provenance,
     )
+
+
+def _pseudonymised(description: SlideDescription, secret: bytes, subject: str, slide_id: str) -> SlideDescription:
+    """Submitters' case, specimen, block and slide labels are accession numbers: identifying, so keyed."""
+    labels = {
+        kind: pseudonym(secret, kind, value) if value else None
+        for kind, value in (
+            ("case", description.case),
+            ("specimen", description.specimen),
+            ("block", description.block),
+            ("slide", description.slide),
+        )
+    }
+    return replace(description, subject=subject, slide_id=slide_id, **labels)
 
 
 def register_slide(node: Node, request: IngestRequest, prepared: IngestedSlide | IngestOutcome) -> IngestOutcome:

@@ -259,4 +259,11 @@ def inspect_source(source: SourceSlide, limits: Limits | None = None) -> SourceI
         )
     if vendor == "dicom":  # OpenSlide recognises DICOM too; wsidicom reads it better.
         return _inspect_dicom(SourceSlide(source.path, source.files, "dicom"), limits)
-    return _inspect_openslide(source, vendor, limits)
+    info = _inspect_openslide(source, vendor, limits)
+    if info.mpp_x is None or info.mpp_y is None:
+        # DICOM WSI requires a pixel spacing, and research on a slide without one cannot measure anything.
+        raise SlideRejected(
+            "the file does not say how large a pixel is (no µm/px, no TIFF resolution)",
+            "export it from the scanner software, or set the TIFF resolution tags (e.g. ResolutionUnit=cm)",
+        )
+    return info
