@@ -10,7 +10,7 @@ export SLIDEBANK_HOME
 # System libraries that Python packages load at run time (wsidicom's JPEG codec needs libturbojpeg).
 SYSTEM_PACKAGES := libturbojpeg0
 
-.PHONY: system-deps install demo serve test test-slow bench clean
+.PHONY: system-deps install demo serve test bench clean
 
 system-deps:
 	@if ! ldconfig -p | grep -q libturbojpeg.so.0; then \
@@ -37,10 +37,7 @@ serve: install
 	$(BIN)/slidebank serve --host $(HOST) --port $(PORT)
 
 test: install
-	$(BIN)/python -m pytest -n 2 --durations=15 -m "not slow"
-
-test-slow: install
-	$(BIN)/python -m pytest -n 2 -m slow
+	$(BIN)/python -m pytest -n 2 --durations=15
 
 bench: install
 	$(BIN)/python bench/ingest.py

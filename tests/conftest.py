@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from slidebank.node import Node, NodeSettings
@@ -79,3 +83,36 @@ def run_cli(*args: str, home: Path, check: bool = False, timeout: float = 600) -
 
 def json_lines(output: str) -> list[dict]:
     return [json.loads(line) for line in output.splitlines() if line.strip()]
+
+
+@contextlib.contextmanager
+def running_server(home: Path, *extra: str) -> Iterator[str]:
+    """`slidebank serve` as a real process on a free port; yields its base URL, stops it after."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "SLIDEBANK_HOME": str(home)}
+    env.pop("SLIDEBANK_DATABASE_URL", None)
+    process = subprocess.Popen(
+        [str(SLIDEBANK_BIN), "serve", "--host", "127.0.0.1", "--port", str(port), *extra],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"slidebank serve exited: {process.stderr.read() if process.stderr else ''}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError("slidebank serve did not come up in 30 s")
+            time.sleep(0.1)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()

@@ -13,13 +13,19 @@ from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import FileResponse, HTMLResponse
 
 from slidebank import __version__
+from slidebank.api.errors import install_error_handlers
+from slidebank.api.tiles import tile_routes
 from slidebank.catalog.service import SearchQuery
 from slidebank.node import Node
+from slidebank.tiles.service import TileService
 
 
 def create_app(node: Node | None = None) -> FastAPI:
     node = node or Node.open()
     app = FastAPI(title="Slidebank", version=__version__)
+    app.state.tiles = TileService(node)
+    app.include_router(tile_routes(app.state.tiles))
+    install_error_handlers(app)
 
     @app.get("/healthz")
     def health() -> dict[str, str]:

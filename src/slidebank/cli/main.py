@@ -291,9 +291,11 @@ def demo_data(
 def serve(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="worker processes (one per core serves tiles fastest)")] = 1,
+    access_log: Annotated[bool, typer.Option(help="log every request (slows tile serving)")] = False,
     home: HomeOption = None,
 ) -> None:
-    """Serve the web app and REST API."""
+    """Serve the web app, REST API, Deep Zoom and IIIF."""
     import os
 
     import uvicorn
@@ -302,7 +304,10 @@ def serve(
         os.environ["SLIDEBANK_HOME"] = str(home)
     _open_node(home).close()  # migrate before workers start
     console.print(f"Slidebank on http://{host}:{port}/")
-    uvicorn.run("slidebank.api.app:create_app", factory=True, host=host, port=port, log_level="info")
+    uvicorn.run(
+        "slidebank.api.app:create_app", factory=True, host=host, port=port, workers=workers,
+        access_log=access_log, log_level="info",
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

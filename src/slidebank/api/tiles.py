@@ -1,0 +1,133 @@
+"""HTTP routes for pixels: Deep Zoom, IIIF Image API 3.0, overview. Thin: the tile service decides.
+
+Every answer is cacheable for good (a stored slide never changes), carries an ETag derived from
+the slide's checksum and the request path, and is answered 304 when the client already has it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from email.utils import format_datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Path, Request
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+
+from slidebank.tiles.deepzoom import dzi_xml
+from slidebank.tiles.encode import MEDIA_TYPES
+from slidebank.tiles.iiif import PROFILE_URI, info_json
+from slidebank.tiles.pyramid import SlidePyramid
+from slidebank.tiles.service import TileService
+
+CACHE_CONTROL = "private, max-age=86400, immutable"
+SlideId = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="Slide identifier")]
+CORS = {"Access-Control-Allow-Origin": "*"}  # IIIF clients (Mirador, OpenSeadragon) run on other origins
+IIIF_HEADERS = {**CORS, "Link": f'<{PROFILE_URI}>;rel="profile"'}
+IIIF_JSON_LD = 'application/ld+json;profile="http://iiif.io/api/image/3/context.json"'
+
+
+def _cached_response(
+    pyramid: SlidePyramid,
+    request: Request,
+    if_none_match: str | None,
+    produce: Callable[[], tuple[bytes, str]],
+    extra_headers: dict[str, str] | None = None,
+) -> Response:
+    digest = hashlib.blake2s(request.url.path.encode(), digest_size=8).hexdigest()
+    etag = f'"{pyramid.etag_base}-{digest}"'
+    headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL, **(extra_headers or {})}
+    if pyramid.identity.ingested_at is not None:
+        headers["Last-Modified"] = format_datetime(pyramid.identity.ingested_at, usegmt=True)
+    if if_none_match and etag in {tag.strip() for tag in if_none_match.split(",")}:
+        return Response(status_code=304, headers=headers)
+    content, media_type = produce()
+    return Response(content, media_type=media_type, headers=headers)
+
+
+def tile_routes(tiles: TileService) -> APIRouter:
+    router = APIRouter(tags=["pixels"])
+
+    @router.get("/slides/{slide_id}.dzi", response_class=Response, summary="Deep Zoom descriptor")
+    def deepzoom_descriptor(
+        slide_id: SlideId, request: Request, if_none_match: Annotated[str | None, Header()] = None
+    ) -> Response:
+        pyramid = tiles.pyramid(slide_id)
+        return _cached_response(
+            pyramid, request, if_none_match, lambda: (dzi_xml(pyramid).encode(), "application/xml"), CORS
+        )
+
+    @router.get(
+        "/slides/{slide_id}_files/{level}/{col}_{row}.{extension}", response_class=Response, summary="Deep Zoom tile"
+    )
+    def deepzoom_tile(
+        slide_id: SlideId,
+        level: Annotated[int, Path(ge=0, le=64)],
+        col: Annotated[int, Path(ge=0)],
+        row: Annotated[int, Path(ge=0)],
+        extension: Annotated[str, Path(pattern=r"^(jpeg|jpg|png)$")],
+        request: Request,
+        if_none_match: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        pyramid = tiles.pyramid(slide_id)
+
+        def produce() -> tuple[bytes, str]:
+            tile = tiles.deepzoom_tile(slide_id, level, col, row, extension)
+            return tile.content, MEDIA_TYPES[tile.media_format]
+
+        return _cached_response(pyramid, request, if_none_match, produce, CORS)
+
+    @router.get("/iiif/3/{slide_id}", summary="IIIF image service base URI (redirects to info.json)")
+    def iiif_base(slide_id: SlideId, request: Request) -> Response:
+        target = request.url_for("iiif_info", slide_id=slide_id)
+        return RedirectResponse(str(target), status_code=303, headers=CORS)
+
+    @router.get("/iiif/3/{slide_id}/info.json", name="iiif_info", summary="IIIF image information")
+    def iiif_info(
+        slide_id: SlideId,
+        request: Request,
+        accept: Annotated[str | None, Header()] = None,
+        if_none_match: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        pyramid = tiles.pyramid(slide_id)
+        service_id = str(request.url_for("iiif_base", slide_id=slide_id))
+        media_type = IIIF_JSON_LD if accept and "application/ld+json" in accept else "application/json"
+
+        def produce() -> tuple[bytes, str]:
+            return JSONResponse(info_json(pyramid, service_id)).body, media_type
+
+        return _cached_response(pyramid, request, if_none_match, produce, IIIF_HEADERS)
+
+    @router.get(
+        "/iiif/3/{slide_id}/{region}/{size}/{rotation}/{quality_format}",
+        response_class=Response,
+        summary="IIIF image request",
+    )
+    def iiif_image(
+        slide_id: SlideId,
+        region: str,
+        size: str,
+        rotation: str,
+        quality_format: Annotated[str, Path(description="quality.format, e.g. default.jpg")],
+        request: Request,
+        if_none_match: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        pyramid = tiles.pyramid(slide_id)
+
+        def produce() -> tuple[bytes, str]:
+            image = tiles.iiif_image(slide_id, region, size, rotation, quality_format)
+            return image.content, MEDIA_TYPES[image.media_format]
+
+        return _cached_response(pyramid, request, if_none_match, produce, IIIF_HEADERS)
+
+    @router.get("/api/slides/{slide_id}/overview.jpg", response_class=Response, summary="Whole slide, ≤1024 px")
+    def overview(slide_id: SlideId, request: Request, if_none_match: Annotated[str | None, Header()] = None) -> Response:
+        pyramid = tiles.pyramid(slide_id)
+
+        def produce() -> tuple[bytes, str]:
+            return tiles.iiif_image(slide_id, "full", "!1024,1024", "0", "default.jpg").content, "image/jpeg"
+
+        return _cached_response(pyramid, request, if_none_match, produce)
+
+    return router
+

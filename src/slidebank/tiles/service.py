@@ -1,0 +1,94 @@
+"""The tile service the HTTP layer calls: open pyramids kept warm, rendered tiles cached.
+
+Opening a stored slide parses its DICOM headers and frame tables (milliseconds); a pathologist
+panning asks for dozens of tiles a second, so open pyramids are kept in an LRU per process.
+Rendered (not stored) tiles are cached by bytes; stored tiles are not, the OS page cache is.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from typing import TypeVar
+
+from cachetools import LRUCache
+
+from slidebank.node import Node
+from slidebank.slides.stored import open_stored_slide
+from slidebank.tiles.deepzoom import DeepZoomTile, TileNotFound, deepzoom_tile
+from slidebank.tiles.iiif import IIIFImage, iiif_image
+from slidebank.tiles.pyramid import PyramidIdentity, SlidePyramid
+
+T = TypeVar("T", DeepZoomTile, IIIFImage)
+
+OPEN_SLIDES = 64
+RENDERED_CACHE_BYTES = 128 * 1024 * 1024
+
+
+class SlideNotFound(LookupError):
+    """Unknown slide id: answered 404."""
+
+
+class TileService:
+    def __init__(self, node: Node, open_slides: int = OPEN_SLIDES, cache_bytes: int = RENDERED_CACHE_BYTES) -> None:
+        self._node = node
+        self._lock = threading.Lock()
+        self._pyramids: LRUCache[str, SlidePyramid] = LRUCache(open_slides)
+        self._rendered: LRUCache[tuple, DeepZoomTile | IIIFImage] = LRUCache(
+            cache_bytes, getsizeof=lambda item: len(item.content)
+        )
+
+    def pyramid(self, slide_id: str) -> SlidePyramid:
+        with self._lock:
+            pyramid = self._pyramids.get(slide_id)
+        if pyramid is not None:
+            return pyramid
+        detail = self._node.catalog.get_slide(slide_id)
+        if detail is None:
+            raise SlideNotFound("no such slide")
+        identity = PyramidIdentity(
+            slide_id=slide_id,
+            source_sha256=detail["source_sha256"],
+            ingested_at=datetime.fromisoformat(detail["ingested_at"]) if detail.get("ingested_at") else None,
+            transfer_syntax=detail["transfer_syntax"],
+        )
+        pyramid = SlidePyramid(open_stored_slide(self._node, slide_id), identity)
+        with self._lock:
+            existing = self._pyramids.get(slide_id)
+            if existing is not None:  # another thread won the race
+                pyramid.close()
+                return existing
+            self._pyramids[slide_id] = pyramid  # an evicted pyramid closes when garbage-collected
+        return pyramid
+
+    def deepzoom_tile(self, slide_id: str, level: int, col: int, row: int, extension: str) -> DeepZoomTile:
+        pyramid = self.pyramid(slide_id)
+        return self._cached(("dz", slide_id, level, col, row, extension),
+                            lambda: deepzoom_tile(pyramid, level, col, row, extension))
+
+    def iiif_image(self, slide_id: str, region: str, size: str, rotation: str, quality_format: str) -> IIIFImage:
+        pyramid = self.pyramid(slide_id)
+        return self._cached(("iiif", slide_id, region, size, rotation, quality_format),
+                            lambda: iiif_image(pyramid, region, size, rotation, quality_format))
+
+    def evict(self, slide_id: str) -> None:
+        """Forget a slide (after erasure); its cached renders age out of the LRU."""
+        with self._lock:
+            pyramid = self._pyramids.pop(slide_id, None)
+        if pyramid is not None:
+            pyramid.close()
+
+    def _cached(self, key: tuple, produce: Callable[[], T]) -> T:
+        with self._lock:
+            hit = self._rendered.get(key)
+        if hit is not None:
+            return hit  # type: ignore[return-value]
+        result = produce()
+        if not result.passed_through:
+            with self._lock:
+                self._rendered[key] = result
+        return result
+
+
+__all__ = ["SlideNotFound", "TileNotFound", "TileService"]
