@@ -133,6 +133,16 @@ def test_iiif_region_matches_the_original_slide(served: Served) -> None:
     assert gray.mode == "L" and max(gray.size) == 200 and gray.size[0] < gray.size[1]  # landscape slide turned
 
 
+def test_fast_path_answers_exactly_like_the_documented_route(served: Served) -> None:
+    """The first read of a slide in a worker goes through FastAPI, later ones through the ASGI fast path."""
+    _, _, _, top = dzi_geometry(served)
+    path = f"/slides/{served.slide_id}_files/{top}/2_1.jpeg"
+    answers = [served.get(path) for _ in range(3)]
+    keep = ("content-type", "etag", "cache-control", "last-modified", "access-control-allow-origin", "content-length")
+    assert len({(a.status_code, a.content, tuple(a.headers.get(h) for h in keep)) for a in answers}) == 1
+    assert served.get(path, headers={"If-None-Match": answers[0].headers["etag"]}).status_code == 304
+
+
 def test_responses_are_cacheable_and_conditional(served: Served) -> None:
     path = f"/slides/{served.slide_id}_files/5/0_0.jpeg"
     first = served.get(path)

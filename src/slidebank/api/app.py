@@ -14,6 +14,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 
 from slidebank import __version__
 from slidebank.api.errors import install_error_handlers
+from slidebank.api.fastpath import DeepZoomFastPath
 from slidebank.api.tiles import tile_routes
 from slidebank.catalog.service import SearchQuery
 from slidebank.node import Node
@@ -26,6 +27,7 @@ def create_app(node: Node | None = None) -> FastAPI:
     app.state.tiles = TileService(node)
     app.include_router(tile_routes(app.state.tiles))
     install_error_handlers(app)
+    app.add_middleware(DeepZoomFastPath, tiles=app.state.tiles)
 
     @app.get("/healthz")
     def health() -> dict[str, str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from email.utils import format_datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Request
@@ -27,6 +26,19 @@ IIIF_HEADERS = {**CORS, "Link": f'<{PROFILE_URI}>;rel="profile"'}
 IIIF_JSON_LD = 'application/ld+json;profile="http://iiif.io/api/image/3/context.json"'
 
 
+def caching_headers(pyramid: SlidePyramid, path: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Headers for any pixel answer: stored slides never change, so the path names the content."""
+    digest = hashlib.blake2s(path.encode(), digest_size=8).hexdigest()
+    headers = {"ETag": f'"{pyramid.etag_base}-{digest}"', "Cache-Control": CACHE_CONTROL, **(extra or {})}
+    if pyramid.last_modified:
+        headers["Last-Modified"] = pyramid.last_modified
+    return headers
+
+
+def not_modified(headers: dict[str, str], if_none_match: str | None) -> bool:
+    return bool(if_none_match) and headers["ETag"] in {tag.strip() for tag in if_none_match.split(",")}
+
+
 def _cached_response(
     pyramid: SlidePyramid,
     request: Request,
@@ -34,12 +46,8 @@ def _cached_response(
     produce: Callable[[], tuple[bytes, str]],
     extra_headers: dict[str, str] | None = None,
 ) -> Response:
-    digest = hashlib.blake2s(request.url.path.encode(), digest_size=8).hexdigest()
-    etag = f'"{pyramid.etag_base}-{digest}"'
-    headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL, **(extra_headers or {})}
-    if pyramid.identity.ingested_at is not None:
-        headers["Last-Modified"] = format_datetime(pyramid.identity.ingested_at, usegmt=True)
-    if if_none_match and etag in {tag.strip() for tag in if_none_match.split(",")}:
+    headers = caching_headers(pyramid, request.url.path, extra_headers)
+    if not_modified(headers, if_none_match):
         return Response(status_code=304, headers=headers)
     content, media_type = produce()
     return Response(content, media_type=media_type, headers=headers)

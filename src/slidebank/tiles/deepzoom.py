@@ -25,6 +25,7 @@ class DeepZoomTile:
     content: bytes
     media_format: str  # key of encode.MEDIA_TYPES
     passed_through: bool  # the stored bytes, not decoded or re-encoded
+    worth_caching: bool  # rendered, or an edge tile cropped on every read
 
 
 def max_level(pyramid: SlidePyramid) -> int:
@@ -38,6 +39,13 @@ def dzi_xml(pyramid: SlidePyramid) -> str:
         f'TileSize="{pyramid.tile_size}" Overlap="0" Format="jpeg">'
         f'<Size Width="{pyramid.width}" Height="{pyramid.height}"/></Image>\n'
     )
+
+
+def passes_through(pyramid: SlidePyramid, level: int, extension: str) -> bool:
+    """Whether a tile of this level is a stored frame handed over as is (cheap enough to serve inline)."""
+    if FORMATS.get(extension) != "jpg" or not pyramid.stored_jpeg or not 0 <= level <= max_level(pyramid):
+        return False
+    return pyramid.stored_level(2 ** (max_level(pyramid) - level)) is not None
 
 
 def deepzoom_tile(pyramid: SlidePyramid, level: int, col: int, row: int, extension: str) -> DeepZoomTile:
@@ -55,10 +63,12 @@ def deepzoom_tile(pyramid: SlidePyramid, level: int, col: int, row: int, extensi
     stored = pyramid.stored_level(downsample)
     if stored is not None:
         if image_format == "jpg" and pyramid.stored_jpeg:
-            return DeepZoomTile(pyramid.encoded_tile(stored, col, row), "jpg", True)
-        return DeepZoomTile(encode_image(pyramid.decoded_tile(stored, col, row), image_format), image_format, False)
+            at_edge = (col + 1) * size > width or (row + 1) * size > height
+            return DeepZoomTile(pyramid.encoded_tile(stored, col, row), "jpg", True, at_edge)
+        image = pyramid.decoded_tile(stored, col, row)
+        return DeepZoomTile(encode_image(image, image_format), image_format, False, True)
 
     x, y = col * size * downsample, row * size * downsample
     region = (x, y, min(size * downsample, pyramid.width - x), min(size * downsample, pyramid.height - y))
     out_size = (min(size, width - col * size), min(size, height - row * size))
-    return DeepZoomTile(encode_image(pyramid.render(region, out_size), image_format), image_format, False)
+    return DeepZoomTile(encode_image(pyramid.render(region, out_size), image_format), image_format, False, True)

@@ -36,6 +36,10 @@ class IIIFImage:
     media_format: str  # key of encode.MEDIA_TYPES
     passed_through: bool
 
+    @property
+    def worth_caching(self) -> bool:
+        return not self.passed_through
+
 
 @dataclass(frozen=True)
 class _Plan:

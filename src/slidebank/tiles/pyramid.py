@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime
+from email.utils import format_datetime
 
 from PIL import Image
 from wsidicom import WsiDicom
@@ -50,6 +51,9 @@ class SlidePyramid:
         self.tile_size = wsi.tile_size.width
         self.levels = tuple(self._power_of_two_levels(wsi))
         self.stored_jpeg = identity.transfer_syntax in JPEG_BASELINE_SYNTAXES
+        self.etag_base = identity.source_sha256[:20]
+        ingested = identity.ingested_at
+        self.last_modified = format_datetime(ingested, usegmt=True) if ingested else None  # an HTTP date
 
     def _power_of_two_levels(self, wsi: WsiDicom) -> list[StoredLevel]:
         """Stored levels whose size is exactly ceil(size / 2^k); others cannot be served by copy."""
@@ -60,10 +64,6 @@ class SlidePyramid:
             if (level.size.width, level.size.height) == expected and level.tile_size.width == self.tile_size:
                 levels.append(StoredLevel(index, level.size.width, level.size.height, downsample))
         return levels
-
-    @property
-    def etag_base(self) -> str:
-        return self.identity.source_sha256[:20]
 
     def level_for_downsample(self, downsample: float) -> StoredLevel:
         """The coarsest stored level that still has at least the detail asked for."""

@@ -39,6 +39,11 @@ class TileService:
             cache_bytes, getsizeof=lambda item: len(item.content)
         )
 
+    def open_pyramid(self, slide_id: str) -> SlidePyramid | None:
+        """The pyramid if it is already open in this process, without touching the catalog."""
+        with self._lock:
+            return self._pyramids.get(slide_id)
+
     def pyramid(self, slide_id: str) -> SlidePyramid:
         with self._lock:
             pyramid = self._pyramids.get(slide_id)
@@ -85,7 +90,7 @@ class TileService:
         if hit is not None:
             return hit  # type: ignore[return-value]
         result = produce()
-        if not result.passed_through:
+        if result.worth_caching:
             with self._lock:
                 self._rendered[key] = result
         return result
