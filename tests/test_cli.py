@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
+import httpx
 import pytest
 from wsidicom import WsiDicom
 
-from conftest import SLIDEBANK_BIN, json_lines, run_cli
+from conftest import json_lines, run_cli, running_server
 
 
 @pytest.fixture
@@ -106,35 +103,20 @@ def test_synth_command_writes_an_openslide_readable_slide(tmp_path: Path) -> Non
         assert "label" in slide.associated_images
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def test_serve_answers_over_http(batch: Path, tmp_path: Path) -> None:
+def test_serve_answers_the_rest_api_over_http(batch: Path, tmp_path: Path) -> None:
     home = tmp_path / "node"
-    run_cli("ingest", str(batch / "case2.tiff"), "--json", home=home, check=True)
-    port = _free_port()
-    server = subprocess.Popen(
-        [str(SLIDEBANK_BIN), "serve", "--port", str(port), "--home", str(home)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
-                    page = response.read().decode()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise
-                time.sleep(0.2)
-        assert "1 slides" in page
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/slides", timeout=5) as response:
-            assert response.status == 200
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    run_cli("ingest", str(batch), "--json", "--dataset", "liver-study", home=home)
+    with running_server(home, "--workers", "2") as base, httpx.Client(base_url=base, timeout=10) as http:
+        slides = http.get("/api/slides").json()
+        assert len(slides) == 2
+        detail = http.get(f"/api/slides/{slides[0]['slide_id']}").json()
+        assert detail["levels"] and detail["provenance"]["tools"]
+        page = http.get("/api/search", params={"limit": 1, "offset": 1}).json()
+        assert page["total"] == 2 and len(page["items"]) == 1 and "vendor" in page["facets"]
+        assert http.get("/api/search", params={"limit": 0}).status_code == 400
+        [dataset] = http.get("/api/datasets").json()
+        assert dataset["name"] == "liver-study" and dataset["images"] == 2
+        assert http.get("/api/datasets/liver-study").json()["facets"]["vendor"]
+        assert http.get("/api/slides/nope").status_code == 404
+        documented = set(http.get("/openapi.json").json()["paths"])
+        assert {"/slides/{slide_id}.dzi", "/iiif/3/{slide_id}/info.json", "/api/search"} <= documented

@@ -33,6 +33,19 @@ def create_app(node: Node | None = None) -> FastAPI:
     def health() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
+    @app.get("/api/datasets")
+    def list_datasets() -> list[dict]:
+        return node.catalog.datasets()
+
+    @app.get("/api/datasets/{name}")
+    def get_dataset(name: str) -> dict:
+        """The dataset with what it holds: counts per species, organ, stain, vendor and diagnosis."""
+        dataset = next((d for d in node.catalog.datasets() if d["name"] == name), None)
+        if dataset is None:
+            raise HTTPException(404, "no such dataset")
+        contents = node.catalog.search(SearchQuery(dataset=[name], limit=1))
+        return {**dataset, "facets": {k: v for k, v in contents.facets.items() if k != "dataset"}}
+
     @app.get("/api/slides")
     def list_slides() -> list[dict]:
         return node.catalog.list_slides()
