@@ -28,9 +28,6 @@ logger = logging.getLogger(__name__)
 # (quality 80, 4:2:2 chroma) loses ~8 dB on sharp edges; at 95 with full chroma the stored slide
 # stays above the 40 dB fidelity target at roughly twice the size of the default.
 REENCODE_SETTINGS = JpegSettings(quality=95, subsampling=Subsampling.R444)
-# Tiles handed to each save worker at a time; wsidicomizer's CLI uses 100. The wsidicom default
-# made a 1-gigapixel tile-copy ingest ~2x slower (bench/ingest.py).
-SAVE_CHUNK_TILES = 100
 
 
 class ConversionError(Exception):
@@ -88,7 +85,6 @@ def _dicomize(
         files = wsi.save(
             output_dir,
             workers=threads,
-            chunk_size=SAVE_CHUNK_TILES,
             include_labels=False,
             include_overviews=False,
             include_thumbnails=False,
@@ -105,7 +101,6 @@ def _rewrite_dicom(source: SourceSlide, metadata: WsiMetadata, output_dir: Path,
         files = wsi.save(
             output_dir,
             workers=threads,
-            chunk_size=SAVE_CHUNK_TILES,
             include_labels=False,
             include_overviews=False,
             include_thumbnails=False,
