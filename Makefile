@@ -7,16 +7,30 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export SLIDEBANK_HOME
 
-# System libraries that Python packages load at run time (wsidicom's JPEG codec needs libturbojpeg).
-SYSTEM_PACKAGES := libturbojpeg0
+# Debian packages: wsidicom's JPEG codec loads libturbojpeg; python-magic (IIIF validator) loads
+# libmagic; the browser tests drive Debian's Chromium; npm fetches OpenSeadragon at build time.
+SYSTEM_PACKAGES := libturbojpeg0 libmagic1 chromium
+OSD_VENDOR := src/slidebank/web/static/vendor/openseadragon
 
-.PHONY: system-deps install demo serve test bench clean
+.PHONY: system-deps install web demo serve test bench clean
 
 system-deps:
-	@if ! ldconfig -p | grep -q libturbojpeg.so.0; then \
-		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $(SYSTEM_PACKAGES); \
-		else sudo apt-get update -qq && sudo apt-get install -y -qq $(SYSTEM_PACKAGES); fi; \
+	@missing=""; for package in $(SYSTEM_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$package 2>/dev/null | grep -q "ok installed" || missing="$$missing $$package"; \
+	done; \
+	command -v npm >/dev/null || missing="$$missing npm"; \
+	if [ -n "$$missing" ]; then \
+		sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+		$$sudo apt-get update -qq && $$sudo apt-get install -y -qq $$missing; \
 	fi
+
+# OpenSeadragon from npm (pinned in web/package-lock.json), copied where the app serves it.
+$(OSD_VENDOR)/openseadragon.min.js: web/package-lock.json | system-deps
+	npm ci --prefix web --no-audit --no-fund
+	rm -rf $(OSD_VENDOR) && mkdir -p $(dir $(OSD_VENDOR))
+	cp -r web/node_modules/openseadragon/build/openseadragon $(OSD_VENDOR)
+
+web: $(OSD_VENDOR)/openseadragon.min.js
 
 $(BIN)/slidebank: pyproject.toml | system-deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,7 +38,7 @@ $(BIN)/slidebank: pyproject.toml | system-deps
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $@
 
-install: system-deps $(BIN)/slidebank
+install: system-deps $(BIN)/slidebank web
 
 demo: install
 	$(BIN)/slidebank init
@@ -40,7 +54,11 @@ test: install
 	$(BIN)/python -m pytest -n 2 --durations=15
 
 bench: install
+	sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; command -v wrk >/dev/null && command -v nginx >/dev/null \
+		|| ($$sudo apt-get update -qq && $$sudo apt-get install -y -qq wrk nginx)
+	$(BIN)/python -m pip install -q -e ".[test,bench]"
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/tiles.py
 
 clean:
-	rm -rf $(VENV) slidebank-data .pytest_cache
+	rm -rf $(VENV) slidebank-data .pytest_cache web/node_modules $(OSD_VENDOR)

@@ -1,16 +1,15 @@
 """HTTP layer: a thin FastAPI app over the catalog and the store.
 
-Until the viewer and access-control issues land this serves the catalog read-only: a placeholder
-page listing the node's slides, and JSON for slides and search.
+Serves the catalog as JSON (slides, datasets, search with facets), the pixel routes of
+`api/tiles.py`, and the web app of `slidebank.web`.
 """
 
 from __future__ import annotations
 
-import html
 from typing import Annotated
 
 from fastapi import FastAPI, HTTPException, Query
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import FileResponse
 
 from slidebank import __version__
 from slidebank.api.errors import install_error_handlers
@@ -19,6 +18,7 @@ from slidebank.api.tiles import tile_routes
 from slidebank.catalog.service import SearchQuery
 from slidebank.node import Node
 from slidebank.tiles.service import TileService
+from slidebank.web import mount_web
 
 
 def create_app(node: Node | None = None) -> FastAPI:
@@ -84,25 +84,5 @@ def create_app(node: Node | None = None) -> FastAPI:
         )
         return {"total": result.total, "items": result.items, "facets": result.facets}
 
-    @app.get("/", response_class=HTMLResponse)
-    def index() -> str:
-        slides = node.catalog.list_slides()
-        rows = "".join(
-            "<li><img src='/api/slides/{id}/thumbnail.jpg' height='96' alt=''>"
-            "<a href='/api/slides/{id}'>{id}</a> {w}×{h} {stain} {organ} {species}</li>".format(
-                id=html.escape(s["slide_id"]),
-                w=s["width"],
-                h=s["height"],
-                stain=html.escape(str(s.get("stain") or "")),
-                organ=html.escape(str(s.get("organ") or "")),
-                species=html.escape(str(s.get("species") or "")),
-            )
-            for s in slides
-        )
-        return (
-            "<!doctype html><html><head><meta charset='utf-8'><title>Slidebank</title></head><body>"
-            f"<h1>Slidebank</h1><p>{len(slides)} slides in this node. "
-            "The viewer arrives with the View issue.</p><ul>" + rows + "</ul></body></html>"
-        )
-
+    mount_web(app, node)
     return app

@@ -1,0 +1,32 @@
+"""The web app: a catalog page and a slide viewer, served by the API process.
+
+Plain HTML and JavaScript over the JSON API, Deep Zoom and thumbnails; OpenSeadragon is copied
+from npm into `static/vendor/` at build time (`make web`), so nothing is fetched from a CDN.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.staticfiles import StaticFiles
+
+from slidebank.node import Node
+
+STATIC = Path(__file__).parent / "static"
+PAGES = Path(__file__).parent / "pages"
+
+
+def mount_web(app: FastAPI, node: Node) -> None:
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", response_class=FileResponse, include_in_schema=False)
+    def catalog_page() -> FileResponse:
+        return FileResponse(PAGES / "catalog.html", media_type="text/html")
+
+    @app.get("/view/{slide_id}", response_class=FileResponse, response_model=None, include_in_schema=False)
+    def viewer_page(slide_id: str) -> FileResponse | HTMLResponse:
+        if not node.catalog.slide_exists(slide_id):
+            return HTMLResponse((PAGES / "not-found.html").read_text(), status_code=404)
+        return FileResponse(PAGES / "viewer.html", media_type="text/html")

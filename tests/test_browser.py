@@ -1,0 +1,100 @@
+"""The web app in a real headless Chromium (Debian's), driven by Playwright, against a real server."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO, json_lines, run_cli, running_server
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed (make system-deps)")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory, aperio_slide, generic_slide) -> Iterator[tuple[str, str]]:  # noqa: ANN001
+    home = tmp_path_factory.mktemp("browser") / "node"
+    run_cli("init", home=home, check=True)
+    [slide] = json_lines(run_cli("ingest", str(aperio_slide.path), "--json", "--dataset", "breast",
+                                 home=home, check=True).stdout)
+    run_cli("ingest", str(generic_slide.path), "--json", "--dataset", "lung", home=home, check=True)
+    with running_server(home) as base:
+        yield base, slide["slide_id"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+def test_catalog_search_open_zoom_and_pan_a_slide(site: tuple[str, str], browser) -> None:  # noqa: ANN001
+    base, slide_id = site
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    tiles: list[tuple[str, int]] = []
+    page.on("response", lambda r: tiles.append((r.url, r.status)) if "_files/" in r.url else None)
+
+    page.goto(f"{base}/")
+    page.wait_for_selector(".card")
+    assert page.locator(".card").count() == 2
+    page.wait_for_function("[...document.querySelectorAll('.card img')].every(i => i.complete && i.naturalWidth > 0)")
+    assert page.locator("fieldset[data-facet=dataset] .count").all_inner_texts() == ["1", "1"]
+    page.locator("fieldset[data-facet=dataset] input[value=breast]").check()
+    page.wait_for_function("document.querySelectorAll('.card').length === 1")
+    assert page.locator(".card").get_attribute("data-slide-id") == slide_id
+    page.screenshot(path=ARTIFACTS / "catalog.png")
+
+    page.locator(".card a").click()
+    page.wait_for_url(f"**/view/{slide_id}")
+    page.wait_for_function("window.slidebankViewer && window.slidebankViewer.world.getItemCount() === 1 "
+                           "&& window.slidebankViewer.world.getItemAt(0).getFullyLoaded()")
+    whole_slide_levels = _levels(tiles)
+    page.keyboard.press("3")  # 20×
+    page.wait_for_function("document.querySelector('#magnification').textContent === '20.0×'")
+    page.mouse.move(600, 450)
+    page.mouse.down()
+    page.mouse.move(350, 300, steps=8)
+    page.mouse.up()
+    page.locator("#viewer").focus()
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function("window.slidebankViewer.world.getItemAt(0).getFullyLoaded()", timeout=15_000)
+    page.screenshot(path=ARTIFACTS / "viewer-20x.png")
+
+    assert tiles and all(status == 200 for _, status in tiles), [t for t in tiles if t[1] != 200]
+    assert len(_levels(tiles)) > len(whole_slide_levels) >= 1, "zooming in must fetch finer levels"
+    assert re.fullmatch(r"\d+(\.\d+)? (µm|mm)", page.locator("#scalebar span").inner_text())
+    assert "Provenance" in page.locator("#details").inner_text()
+    canvas = np.asarray(Image.open(io.BytesIO(page.locator("#viewer canvas").first.screenshot())).convert("RGB"))
+    tissue = (canvas.astype(int).sum(axis=2) < 600).mean()  # pink/purple stain, not white glass
+    assert tissue > 0.05 and canvas.std() > 10, f"canvas looks blank ({tissue:.1%} tissue)"
+    page.close()
+
+
+def test_unknown_slide_page_is_a_404(site: tuple[str, str], browser) -> None:  # noqa: ANN001
+    base, _ = site
+    page = browser.new_page()
+    response = page.goto(f"{base}/view/does-not-exist")
+    assert response is not None and response.status == 404
+    assert "No such slide" in page.content()
+    page.close()
+
+
+def _levels(tiles: list[tuple[str, int]]) -> set[int]:
+    return {int(m.group(1)) for url, _ in tiles if (m := re.search(r"_files/(\d+)/", url))}
