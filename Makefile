@@ -43,6 +43,10 @@ install: system-deps $(BIN)/slidebank web
 demo: install
 	$(BIN)/slidebank init
 	$(BIN)/slidebank demo-data $(SLIDEBANK_HOME)/samples
+	$(BIN)/slidebank datasets create human-oncology --exist-ok --duo DUO:0000004 \
+		--policy "Synthetic demonstration slides: no restriction"
+	$(BIN)/slidebank datasets create rat-toxicology --exist-ok --duo DUO:0000007 \
+		--policy "Synthetic demonstration slides, controlled: disease-specific research, apply to the DAC"
 	$(BIN)/slidebank ingest $(SLIDEBANK_HOME)/samples --metadata $(SLIDEBANK_HOME)/samples/metadata.csv --workers 2
 	$(BIN)/slidebank slides list
 	$(BIN)/slidebank serve --host $(HOST) --port $(PORT)

@@ -86,16 +86,16 @@ def json_lines(output: str) -> list[dict]:
 
 
 @contextlib.contextmanager
-def running_server(home: Path, *extra: str) -> Iterator[str]:
+def running_server(home: Path, *extra: str, env: dict[str, str] | None = None) -> Iterator[str]:
     """`slidebank serve` as a real process on a free port; yields its base URL, stops it after."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {**os.environ, "SLIDEBANK_HOME": str(home)}
-    env.pop("SLIDEBANK_DATABASE_URL", None)
+    server_env = {**os.environ, "SLIDEBANK_HOME": str(home), **(env or {})}
+    server_env.pop("SLIDEBANK_DATABASE_URL", None)
     process = subprocess.Popen(
         [str(SLIDEBANK_BIN), "serve", "--host", "127.0.0.1", "--port", str(port), *extra],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env=server_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -116,3 +116,12 @@ def running_server(home: Path, *extra: str) -> Iterator[str]:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+OPEN_POLICY = ("--policy", "Synthetic test data, no restriction", "--duo", "DUO:0000004")
+
+
+def open_dataset(home: Path, name: str) -> str:
+    """Create an open dataset (GA4GH DUO no-restriction) so anonymous readers may see its slides."""
+    run_cli("datasets", "create", name, *OPEN_POLICY, home=home, check=True)
+    return name

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, json_lines, run_cli, running_server
+from conftest import REPO, json_lines, open_dataset, run_cli, running_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO / "test-artifacts"
@@ -27,6 +27,8 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium i
 def site(tmp_path_factory: pytest.TempPathFactory, aperio_slide, generic_slide) -> Iterator[tuple[str, str]]:  # noqa: ANN001
     home = tmp_path_factory.mktemp("browser") / "node"
     run_cli("init", home=home, check=True)
+    open_dataset(home, "breast")
+    open_dataset(home, "lung")
     [slide] = json_lines(run_cli("ingest", str(aperio_slide.path), "--json", "--dataset", "breast",
                                  home=home, check=True).stdout)
     run_cli("ingest", str(generic_slide.path), "--json", "--dataset", "lung", home=home, check=True)

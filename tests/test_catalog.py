@@ -19,6 +19,7 @@ from sqlalchemy import Engine, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+import slidebank.access.models  # noqa: F401  (governance tables are part of the schema)
 from slidebank.catalog.database import create_catalog_engine, upgrade_schema
 from slidebank.catalog.models import Base, BiologicalBeing, Case, Observation
 from slidebank.catalog.records import IngestedSlide, LevelInfo, SlideDescription, StoredFile
@@ -115,7 +116,7 @@ def test_migrations_create_exactly_the_models_schema(database_url: str) -> None:
         with engine.connect() as connection:
             context = MigrationContext.configure(connection, opts={"compare_type": True})
             assert compare_metadata(context, Base.metadata) == []
-            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
         names = set(inspect(engine).get_table_names())
         assert set(Base.metadata.tables) <= names
     finally:
@@ -229,7 +230,7 @@ def test_register_then_get_slide_round_trip(catalog: Catalog) -> None:
     assert coded["diagnoses"] == [{"text": "Hepatocellular hypertrophy", "code": None, "on": "image"}]
 
     objects = detail["objects"]
-    assert objects["dataset"]["policy"] == "unrestricted-demo" and objects["dataset"]["organisation"] == "local"
+    assert objects["dataset"]["policy"] == "controlled-access" and objects["dataset"]["organisation"] == "local"
     assert objects["biological_being"]["alias"] == "SUBJ-0123456789abcdef0123"
     assert objects["case"]["alias"].endswith("/C-1")
     assert objects["block"]["alias"].endswith("/C-1/S-1/A1")
@@ -268,10 +269,10 @@ def test_undescribed_slide_gets_a_complete_anonymous_graph(catalog: Catalog) -> 
         assert first["objects"][name]["accession"] != second["objects"][name]["accession"]
     assert len(first["objects"]["specimens"]) == 1
     assert first["dataset"] == "default"
-    assert first["objects"]["dataset"]["policy"] == "unrestricted-demo"
+    assert first["objects"]["dataset"]["policy"] == "controlled-access"
     assert first["species"] is None and first["stain"] is None and first["diagnosis"] is None
     [dataset] = catalog.datasets()
-    assert (dataset["name"], dataset["images"], dataset["policy"]) == ("default", 2, "unrestricted-demo")
+    assert (dataset["name"], dataset["images"], dataset["policy"]) == ("default", 2, "controlled-access")
 
 
 def test_free_text_values_are_kept_uncoded(catalog: Catalog) -> None:

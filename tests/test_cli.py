@@ -9,7 +9,7 @@ import httpx
 import pytest
 from wsidicom import WsiDicom
 
-from conftest import json_lines, run_cli, running_server
+from conftest import json_lines, open_dataset, run_cli, running_server
 
 
 @pytest.fixture
@@ -105,6 +105,7 @@ def test_synth_command_writes_an_openslide_readable_slide(tmp_path: Path) -> Non
 
 def test_serve_answers_the_rest_api_over_http(batch: Path, tmp_path: Path) -> None:
     home = tmp_path / "node"
+    open_dataset(home, "liver-study")
     run_cli("ingest", str(batch), "--json", "--dataset", "liver-study", home=home)
     with running_server(home, "--workers", "2") as base, httpx.Client(base_url=base, timeout=10) as http:
         slides = http.get("/api/slides").json()

@@ -20,7 +20,7 @@ from PIL import Image
 
 from slidebank.node import Node
 from slidebank.slides.stored import open_stored_slide
-from conftest import json_lines, run_cli, running_server
+from conftest import json_lines, open_dataset, run_cli, running_server
 
 # The official validator's test image: 10×10 squares of 100 px in colours it knows.
 VALIDATOR_ID = "67352ccc-d1b0-11e1-89ae-279075081939"
@@ -53,10 +53,14 @@ class Served:
 def served(tmp_path_factory: pytest.TempPathFactory, aperio_slide) -> Iterator[Served]:  # noqa: ANN001
     home = tmp_path_factory.mktemp("tiles") / "node"
     run_cli("init", home=home, check=True)
-    [ingested] = json_lines(run_cli("ingest", str(aperio_slide.path), "--json", home=home, check=True).stdout)
+    open_dataset(home, "public")
+    [ingested] = json_lines(
+        run_cli("ingest", str(aperio_slide.path), "--json", "--dataset", "public", home=home, check=True).stdout
+    )
     test_image = home.parent / f"{VALIDATOR_ID}.tiff"
     write_validator_image(test_image)
-    run_cli("ingest", str(test_image), "--slide-id", VALIDATOR_ID, "--json", home=home, check=True)
+    run_cli("ingest", str(test_image), "--slide-id", VALIDATOR_ID, "--json", "--dataset", "public", home=home,
+            check=True)
     with running_server(home) as base:
         yield Served(base, home, ingested["slide_id"], aperio_slide.path)
 

@@ -7,6 +7,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from iiif.error import IIIFError
 
+from slidebank.access.service import AccessError, NotAllowed
 from slidebank.api.tiles import CORS  # IIIF clients must be able to read error answers too
 from slidebank.tiles.service import SlideNotFound, TileNotFound
 
@@ -30,7 +31,12 @@ def _invalid_request(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=404 if in_path else 400, headers=CORS)
 
 
+def _access_error(request: Request, error: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(error)}, status_code=403 if isinstance(error, NotAllowed) else 400)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(AccessError, _access_error)
     app.add_exception_handler(SlideNotFound, _not_found)
     app.add_exception_handler(TileNotFound, _not_found)
     app.add_exception_handler(IIIFError, _iiif_error)

@@ -4,7 +4,8 @@ FastAPI's routing, validation and thread-pool hop cost ~10× more than reading a
 (~20 µs from the page cache). For a GET of a Deep Zoom tile of a stored level of a slide already
 open in this process, this layer answers directly from the same tile service and the same caching
 rules as the documented route in `api/tiles.py`. Everything else (first touch of a slide,
-rendered levels, errors, HEAD) falls through to FastAPI, which is the reference behaviour.
+rendered levels, errors, HEAD, bad credentials) falls through to FastAPI, which is the
+reference behaviour. Access is checked and audited by the same `Gatekeeper` as every route.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import re
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from fastapi import HTTPException
+
+from slidebank.api.security import Gatekeeper
 from slidebank.api.tiles import CORS, caching_headers, not_modified
 from slidebank.tiles.deepzoom import passes_through
 from slidebank.tiles.service import TileService
@@ -24,9 +28,10 @@ TILE_PATH = re.compile(
 
 
 class DeepZoomFastPath:
-    def __init__(self, app: ASGIApp, tiles: TileService) -> None:
+    def __init__(self, app: ASGIApp, tiles: TileService, gatekeeper: Gatekeeper) -> None:
         self.app = app
         self.tiles = tiles
+        self.gatekeeper = gatekeeper
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         match = TILE_PATH.match(scope["path"]) if scope["type"] == "http" and scope["method"] == "GET" else None
@@ -35,8 +40,15 @@ class DeepZoomFastPath:
             await self.app(scope, receive, send)
             return
         level, col, row = int(match["level"]), int(match["col"]), int(match["row"])
+        request_headers = {k: v.decode("latin-1") for k, v in scope["headers"] if k in (b"authorization", b"if-none-match")}
+        try:
+            principal = self.gatekeeper.principal_from_header(request_headers.get(b"authorization"))
+            self.gatekeeper.read_tile(principal, match["slide_id"], f"deepzoom level {level}")
+        except (HTTPException, LookupError):  # 401 / 404: the documented route gives the answer
+            await self.app(scope, receive, send)
+            return
         headers = caching_headers(pyramid, scope["path"], CORS)
-        if_none_match = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"if-none-match"), None)
+        if_none_match = request_headers.get(b"if-none-match")
         if not_modified(headers, if_none_match):
             await _respond(send, 304, headers, b"")
             return

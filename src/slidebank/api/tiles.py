@@ -10,9 +10,11 @@ import hashlib
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Request
+from fastapi import APIRouter, Depends, Header, Path, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
+from slidebank.access.service import Principal
+from slidebank.api.security import Gatekeeper, principal_dependency
 from slidebank.tiles.deepzoom import dzi_xml
 from slidebank.tiles.encode import MEDIA_TYPES
 from slidebank.tiles.iiif import PROFILE_URI, info_json
@@ -53,13 +55,15 @@ def _cached_response(
     return Response(content, media_type=media_type, headers=headers)
 
 
-def tile_routes(tiles: TileService) -> APIRouter:
+def tile_routes(tiles: TileService, gatekeeper: Gatekeeper) -> APIRouter:
     router = APIRouter(tags=["pixels"])
+    current = principal_dependency(gatekeeper)
 
     @router.get("/slides/{slide_id}.dzi", response_class=Response, summary="Deep Zoom descriptor")
     def deepzoom_descriptor(
-        slide_id: SlideId, request: Request, if_none_match: Annotated[str | None, Header()] = None
+        slide_id: SlideId, request: Request, caller: Principal = Depends(current), if_none_match: Annotated[str | None, Header()] = None
     ) -> Response:
+        gatekeeper.read_slide(caller, slide_id, "deepzoom.open")
         pyramid = tiles.pyramid(slide_id)
         return _cached_response(
             pyramid, request, if_none_match, lambda: (dzi_xml(pyramid).encode(), "application/xml"), CORS
@@ -75,8 +79,10 @@ def tile_routes(tiles: TileService) -> APIRouter:
         row: Annotated[int, Path(ge=0)],
         extension: Annotated[str, Path(pattern=r"^(jpeg|jpg|png)$")],
         request: Request,
+        caller: Principal = Depends(current),
         if_none_match: Annotated[str | None, Header()] = None,
     ) -> Response:
+        gatekeeper.read_tile(caller, slide_id, f"deepzoom level {level}")
         pyramid = tiles.pyramid(slide_id)
 
         def produce() -> tuple[bytes, str]:
@@ -86,7 +92,8 @@ def tile_routes(tiles: TileService) -> APIRouter:
         return _cached_response(pyramid, request, if_none_match, produce, CORS)
 
     @router.get("/iiif/3/{slide_id}", summary="IIIF image service base URI (redirects to info.json)")
-    def iiif_base(slide_id: SlideId, request: Request) -> Response:
+    def iiif_base(slide_id: SlideId, request: Request, caller: Principal = Depends(current)) -> Response:
+        gatekeeper.slide_dataset(caller, slide_id)
         target = request.url_for("iiif_info", slide_id=slide_id)
         return RedirectResponse(str(target), status_code=303, headers=CORS)
 
@@ -94,9 +101,11 @@ def tile_routes(tiles: TileService) -> APIRouter:
     def iiif_info(
         slide_id: SlideId,
         request: Request,
+        caller: Principal = Depends(current),
         accept: Annotated[str | None, Header()] = None,
         if_none_match: Annotated[str | None, Header()] = None,
     ) -> Response:
+        gatekeeper.read_slide(caller, slide_id, "iiif.info")
         pyramid = tiles.pyramid(slide_id)
         service_id = str(request.url_for("iiif_base", slide_id=slide_id))
         media_type = IIIF_JSON_LD if accept and "application/ld+json" in accept else "application/json"
@@ -118,8 +127,10 @@ def tile_routes(tiles: TileService) -> APIRouter:
         rotation: str,
         quality_format: Annotated[str, Path(description="quality.format, e.g. default.jpg")],
         request: Request,
+        caller: Principal = Depends(current),
         if_none_match: Annotated[str | None, Header()] = None,
     ) -> Response:
+        gatekeeper.read_tile(caller, slide_id, "iiif")
         pyramid = tiles.pyramid(slide_id)
 
         def produce() -> tuple[bytes, str]:
@@ -129,7 +140,10 @@ def tile_routes(tiles: TileService) -> APIRouter:
         return _cached_response(pyramid, request, if_none_match, produce, IIIF_HEADERS)
 
     @router.get("/api/slides/{slide_id}/overview.jpg", response_class=Response, summary="Whole slide, ≤1024 px")
-    def overview(slide_id: SlideId, request: Request, if_none_match: Annotated[str | None, Header()] = None) -> Response:
+    def overview(
+        slide_id: SlideId, request: Request, caller: Principal = Depends(current), if_none_match: Annotated[str | None, Header()] = None
+    ) -> Response:
+        gatekeeper.read_slide(caller, slide_id, "overview.read")
         pyramid = tiles.pyramid(slide_id)
 
         def produce() -> tuple[bytes, str]:

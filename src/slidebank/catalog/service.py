@@ -72,7 +72,7 @@ SUMMARY_FACETS: tuple[str, ...] = ("species", "organ", "stain", "diagnosis")
 FACET_VOCABULARIES: dict[str, Vocabulary] = {"species": SPECIES, "organ": ANATOMICAL_SITES, "stain": STAINS}
 
 DEFAULT_DATASET = "default"
-DEFAULT_POLICY = "unrestricted-demo"
+DEFAULT_POLICY = "controlled-access"
 DEFAULT_ORGANISATION = "local"
 NO_RESTRICTION = {"code": "DUO:0000004", "scheme": "DUO", "meaning": "no restriction"}
 
@@ -422,11 +422,12 @@ class Catalog:
             return found
         policy = session.scalar(select(Policy).where(Policy.alias == DEFAULT_POLICY))
         if policy is None:
+            # A dataset nobody described yet is closed: readable through grants only, never by default.
             policy = Policy(
                 alias=DEFAULT_POLICY,
-                name="Unrestricted (demonstration data)",
-                description="Synthetic or public data that anyone may use; replace for real data.",
-                data_use=[NO_RESTRICTION],
+                name="Controlled access",
+                description="Access is granted by the dataset's data access committee on request.",
+                data_use=[],
             )
             session.add(policy)
         organisation = session.scalar(select(Organisation).where(Organisation.alias == DEFAULT_ORGANISATION))
@@ -538,6 +539,13 @@ class Catalog:
     def slide_exists(self, slide_id: str) -> bool:
         with self._read() as session:
             return session.scalar(select(Image.id).where(Image.slide_id == slide_id)) is not None
+
+    def slide_dataset(self, slide_id: str) -> str | None:
+        """The dataset a slide belongs to (what access is decided on); None if there is no such slide."""
+        with self._read() as session:
+            return session.scalar(
+                select(Dataset.alias).join(Image, Image.dataset_id == Dataset.id).where(Image.slide_id == slide_id)
+            )
 
     def referenced_blobs(self) -> set[str]:
         """Every blob the catalog points to; the blob store's garbage collector keeps exactly these."""

@@ -6,7 +6,6 @@ Every command that prints data has `--json` with a stable shape; human output us
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -26,32 +25,13 @@ from rich.progress import (
 from rich.table import Table
 
 from slidebank import __version__
+from slidebank.cli.common import HomeOption, JsonOption, console, fail, open_node, print_json
+from slidebank.cli.governance import register_governance_commands
 
 app = typer.Typer(help="Slidebank: collect, describe and share whole-slide images.", no_args_is_help=True)
 slides_app = typer.Typer(help="List and inspect stored slides.", no_args_is_help=True)
 app.add_typer(slides_app, name="slides")
-
-console = Console(stderr=True)
-HomeOption = Annotated[
-    Optional[Path], typer.Option("--home", envvar="SLIDEBANK_HOME", help="Node folder (default ./slidebank-data).")
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
-
-
-def _open_node(home: Path | None):  # noqa: ANN202 - Node import is deferred to keep `--help` fast
-    from slidebank.node import Node
-
-    return Node.open(home)
-
-
-def _print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, default=str) + "\n")
-
-
-def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[red]error:[/red] {message}")
-    raise typer.Exit(code)
-
+register_governance_commands(app)
 
 @app.command()
 def version() -> None:
@@ -62,9 +42,17 @@ def version() -> None:
 @app.command()
 def init(home: HomeOption = None) -> None:
     """Create (or upgrade) an embedded node: catalog schema, blob store and node key."""
-    node = _open_node(home)
+    import secrets
+
+    node = open_node(home)
     _ = node.secret
     console.print(f"Slidebank node ready in [bold]{node.settings.home}[/bold]")
+    if not node.access.list_users():  # a fresh node: its first administrator
+        password = secrets.token_urlsafe(12)
+        node.access.add_user("admin", "administrator", password=password)
+        node.audit.record("operator", "user.add", detail={"user": "admin", "role": "administrator"})
+        console.print(f"Administrator [bold]admin[/bold], password [bold]{password}[/bold] (shown once). "
+                      "For an API token: [bold]slidebank tokens create admin[/bold]")
     node.close()
 
 
@@ -85,10 +73,10 @@ def ingest(
     try:
         plan = plan_ingest(paths, dataset=dataset, sidecar=metadata, slide_id=slide_id)
     except (FileNotFoundError, IngestUsageError, SidecarError) as error:
-        _fail(str(error))
-    node = _open_node(home)
+        fail(str(error))
+    node = open_node(home)
     if as_json:
-        outcomes = run_ingest(node, plan, workers=workers, on_outcome=lambda o: _print_json(o.to_json()))
+        outcomes = run_ingest(node, plan, workers=workers, on_outcome=lambda o: print_json(o.to_json()))
     else:
         outcomes = _ingest_with_progress(node, plan, workers)
     node.close()
@@ -142,11 +130,11 @@ def _ingest_with_progress(node: Any, plan: Any, workers: int) -> list:
 @slides_app.command("list")
 def slides_list(as_json: JsonOption = False, home: HomeOption = None) -> None:
     """List every slide in the catalog."""
-    node = _open_node(home)
+    node = open_node(home)
     slides = node.catalog.list_slides()
     node.close()
     if as_json:
-        _print_json(slides)
+        print_json(slides)
         return
     table = Table()
     for column in ("slide id", "dataset", "size", "vendor", "stain", "organ", "species", "diagnosis"):
@@ -168,13 +156,13 @@ def slides_list(as_json: JsonOption = False, home: HomeOption = None) -> None:
 @slides_app.command("show")
 def slides_show(slide_id: str, as_json: JsonOption = False, home: HomeOption = None) -> None:
     """Everything the catalog knows about one slide."""
-    node = _open_node(home)
+    node = open_node(home)
     detail = node.catalog.get_slide(slide_id)
     node.close()
     if detail is None:
-        _fail(f"no slide {slide_id!r}", 1)
+        fail(f"no slide {slide_id!r}", 1)
     if as_json:
-        _print_json(detail)
+        print_json(detail)
         return
     table = Table(show_header=False)
     for key, value in detail.items():
@@ -211,11 +199,11 @@ def search(
         limit=limit,
         offset=offset,
     )
-    node = _open_node(home)
+    node = open_node(home)
     result = node.catalog.search(query)
     node.close()
     if as_json:
-        _print_json(
+        print_json(
             {
                 "total": result.total,
                 "items": result.items,
@@ -243,11 +231,13 @@ def export(
     """Write the stored canonical slide as DICOM files (administrators)."""
     from slidebank.slides.stored import export_slide
 
-    node = _open_node(home)
+    node = open_node(home)
     try:
         written = export_slide(node, slide_id, to)
+        node.audit.record("operator", "slide.export", dataset=node.catalog.slide_dataset(slide_id),
+                          slide_id=slide_id, detail={"files": len(written)})
     except LookupError as error:
-        _fail(str(error), 1)
+        fail(str(error), 1)
     finally:
         node.close()
     for path in written:
@@ -268,7 +258,7 @@ def synth(
     from slidebank.synth import write_synthetic_slide
 
     if vendor not in ("aperio", "generic"):
-        _fail("--vendor must be aperio or generic")
+        fail("--vendor must be aperio or generic")
     slide = write_synthetic_slide(
         out, width, height, vendor=vendor, label_text=label_text, seed=seed, stain=stain  # type: ignore[arg-type]
     )
@@ -303,7 +293,7 @@ def serve(
 
     if home:
         os.environ["SLIDEBANK_HOME"] = str(home)
-    _open_node(home).close()  # migrate before workers start
+    open_node(home).close()  # migrate before workers start
     console.print(f"Slidebank on http://{host}:{port}/ ({workers} worker process{'es' if workers > 1 else ''})")
     # Granian (a Rust HTTP server) runs the same ASGI app as uvicorn would; on tile serving it answers
     # ~30% more requests per core, because writing responses to sockets is most of a tile's cost.

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slidebank.catalog.database import create_catalog_engine, upgrade_schema
+from slidebank.access.service import Access
+from slidebank.audit.log import AuditLog
 from slidebank.catalog.service import Catalog
 from slidebank.slides.inspect import Limits
 from slidebank.storage import LocalBlobStore
@@ -44,6 +46,8 @@ class Node:
         if migrate:
             upgrade_schema(self.engine)
         self.catalog = Catalog(self.engine)
+        self.access = Access(self.engine)
+        self.audit = AuditLog(self.engine)
         self.store = LocalBlobStore(settings.home / "store")
         self.limits = Limits()
 

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from slidebank.node import Node
+from slidebank.api.security import Gatekeeper
+from slidebank.tiles.service import SlideNotFound
 
 STATIC = Path(__file__).parent / "static"
 PAGES = Path(__file__).parent / "pages"
 
 
-def mount_web(app: FastAPI, node: Node) -> None:
+def mount_web(app: FastAPI, gatekeeper: Gatekeeper) -> None:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", response_class=FileResponse, include_in_schema=False)
@@ -26,7 +27,9 @@ def mount_web(app: FastAPI, node: Node) -> None:
         return FileResponse(PAGES / "catalog.html", media_type="text/html")
 
     @app.get("/view/{slide_id}", response_class=FileResponse, response_model=None, include_in_schema=False)
-    def viewer_page(slide_id: str) -> FileResponse | HTMLResponse:
-        if not node.catalog.slide_exists(slide_id):
+    def viewer_page(slide_id: str, request: Request) -> FileResponse | HTMLResponse:
+        try:
+            gatekeeper.slide_dataset(gatekeeper.principal_from_header(request.headers.get("authorization")), slide_id)
+        except (HTTPException, SlideNotFound):
             return HTMLResponse((PAGES / "not-found.html").read_text(), status_code=404)
         return FileResponse(PAGES / "viewer.html", media_type="text/html")

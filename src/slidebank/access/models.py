@@ -1,0 +1,149 @@
+"""Governance tables: people, tokens, data access committees, requests, grants, audit, notices.
+
+They share the catalog's metadata (and its Alembic history) because grants point at datasets and
+the audit at images; a single database keeps "who may read what" and "what exists" consistent.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, CheckConstraint, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from slidebank.catalog.models import NAME_LENGTH, SHA256_LENGTH, Base, Dataset, Organisation, new_uuid, utcnow
+
+ROLES = ("administrator", "data_steward", "dac_member", "researcher")
+REQUEST_STATES = ("pending", "approved", "rejected", "revoked")
+
+
+class User(Base):
+    __tablename__ = "users"
+    __table_args__ = (
+        UniqueConstraint("name"),
+        UniqueConstraint("oidc_issuer", "oidc_subject"),
+        CheckConstraint("role IN ('administrator', 'data_steward', 'dac_member', 'researcher')", name="role"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True, default=new_uuid)
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    role: Mapped[str] = mapped_column(String(32))
+    organisation_id: Mapped[int | None] = mapped_column(ForeignKey("organisations.id"), index=True)
+    password_hash: Mapped[str | None] = mapped_column(String(255))  # argon2id; None: token/OIDC only
+    oidc_issuer: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
+    oidc_subject: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    organisation: Mapped[Organisation | None] = relationship()
+
+
+class ApiToken(Base):
+    """A bearer token; only its SHA-256 is stored, the token itself is shown once."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    label: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    token_sha256: Mapped[str] = mapped_column(String(SHA256_LENGTH), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    user: Mapped[User] = relationship()
+
+
+class CommitteeMember(Base):
+    """Who sits on the data access committee (DAC) of a dataset, and so decides its requests."""
+
+    __tablename__ = "committee_members"
+    __table_args__ = (UniqueConstraint("dataset_id", "user_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+
+
+class DatasetSteward(Base):
+    """Data stewards submit and curate the datasets they are stewards of."""
+
+    __tablename__ = "dataset_stewards"
+    __table_args__ = (UniqueConstraint("dataset_id", "user_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+
+
+class AccessRequest(Base):
+    __tablename__ = "access_requests"
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'approved', 'rejected', 'revoked')", name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True, default=new_uuid)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
+    purpose: Mapped[str] = mapped_column(Text)
+    project: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    decided_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    user: Mapped[User] = relationship(foreign_keys=[user_id])
+    dataset: Mapped[Dataset] = relationship()
+
+
+class Grant(Base):
+    """Permission to read one dataset until `expires_at`, from an approved request or a passport visa."""
+
+    __tablename__ = "grants"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True, default=new_uuid)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
+    request_id: Mapped[int | None] = mapped_column(ForeignKey("access_requests.id", ondelete="SET NULL"))
+    granted_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    dataset: Mapped[Dataset] = relationship()
+
+
+class Notification(Base):
+    __tablename__ = "notifications"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    message: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    read_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AuditEvent(Base):
+    """One entry of the append-only, hash-chained audit log.
+
+    `entry_hash` = SHA-256 over the previous entry's hash and this entry's canonical JSON, so an
+    edited, deleted or reordered entry breaks every hash after it (`slidebank audit verify`).
+    """
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # the chain order
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    actor: Mapped[str] = mapped_column(String(NAME_LENGTH))  # user name, or "anonymous" / "system"
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    dataset: Mapped[str | None] = mapped_column(String(NAME_LENGTH), index=True)
+    slide_id: Mapped[str | None] = mapped_column(String(NAME_LENGTH), index=True)
+    grant_uuid: Mapped[str | None] = mapped_column(String(36))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    previous_hash: Mapped[str] = mapped_column(String(SHA256_LENGTH))
+    entry_hash: Mapped[str] = mapped_column(String(SHA256_LENGTH), unique=True)

@@ -1,0 +1,76 @@
+"""Catalog routes: datasets (public descriptions), slides and search (only what the caller may read)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi.responses import FileResponse
+
+from slidebank.access.service import Principal
+from slidebank.api.security import Gatekeeper, principal_dependency
+from slidebank.api.tiles import SlideId
+from slidebank.catalog.service import SearchQuery
+from slidebank.node import Node
+
+
+def catalog_routes(node: Node, gatekeeper: Gatekeeper) -> APIRouter:
+    router = APIRouter(tags=["catalog"])
+    current = principal_dependency(gatekeeper)
+
+    @router.get("/api/datasets", summary="Every dataset: public, dataset-level description")
+    def list_datasets() -> list[dict]:
+        return node.catalog.datasets()
+
+    @router.get("/api/datasets/{name}", summary="A dataset with its counts per species, organ, stain, vendor, diagnosis")
+    def get_dataset(name: str) -> dict:
+        dataset = next((d for d in node.catalog.datasets() if d["name"] == name), None)
+        if dataset is None:
+            raise HTTPException(404, "no such dataset")
+        contents = node.catalog.search(SearchQuery(dataset=[name], limit=1))
+        return {**dataset, "facets": {k: v for k, v in contents.facets.items() if k != "dataset"}}
+
+    @router.get("/api/slides", summary="Summaries of the slides the caller may read")
+    def list_slides(caller: Principal = Depends(current)) -> list[dict]:
+        return [s for s in node.catalog.list_slides() if caller.can_read(s["dataset"])]
+
+    @router.get("/api/slides/{slide_id}", summary="Slide metadata and provenance")
+    def get_slide(slide_id: SlideId, caller: Principal = Depends(current)) -> dict:
+        gatekeeper.read_slide(caller, slide_id, "metadata.read")
+        detail = node.catalog.get_slide(slide_id)
+        if detail is None:
+            raise HTTPException(404, "no such slide")
+        return detail
+
+    @router.get("/api/slides/{slide_id}/thumbnail.jpg", response_class=FileResponse, summary="Thumbnail")
+    def thumbnail(slide_id: SlideId, caller: Principal = Depends(current)) -> FileResponse:
+        gatekeeper.read_slide(caller, slide_id, "thumbnail.read")
+        detail = node.catalog.get_slide(slide_id)
+        if detail is None or not detail.get("thumbnail_sha256"):
+            raise HTTPException(404, "no such slide")
+        return FileResponse(node.store.blob_path(detail["thumbnail_sha256"]), media_type="image/jpeg",
+                            headers={"Cache-Control": "private, max-age=3600"})
+
+    @router.get("/api/search", summary="Faceted search over the slides the caller may read")
+    def search(
+        caller: Principal = Depends(current),
+        dataset: Annotated[list[str] | None, Query()] = None,
+        species: Annotated[list[str] | None, Query()] = None,
+        organ: Annotated[list[str] | None, Query()] = None,
+        stain: Annotated[list[str] | None, Query()] = None,
+        vendor: Annotated[list[str] | None, Query()] = None,
+        diagnosis: Annotated[list[str] | None, Query()] = None,
+        text: Annotated[str | None, Query(max_length=200)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> dict:
+        visible = None if caller.readable is None else sorted(caller.readable)
+        result = node.catalog.search(
+            SearchQuery(
+                dataset=dataset, species=species, organ=organ, stain=stain, vendor=vendor,
+                diagnosis=diagnosis, text=text, limit=limit, offset=offset, visible_datasets=visible,
+            )
+        )
+        return {"total": result.total, "items": result.items, "facets": result.facets}
+
+    return router

@@ -1,0 +1,34 @@
+"""What every `slidebank` command shares: the node option, JSON output, errors on stderr."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+HomeOption = Annotated[
+    Optional[Path], typer.Option("--home", envvar="SLIDEBANK_HOME", help="Node folder (default ./slidebank-data).")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+
+
+def open_node(home: Path | None):  # noqa: ANN202 - Node import is deferred to keep `--help` fast
+    from slidebank.node import Node
+
+    return Node.open(home)
+
+
+def print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, default=str) + "\n")
+
+
+def fail(message: str, code: int = 2) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
