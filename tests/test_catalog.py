@@ -593,3 +593,27 @@ def test_text_search_is_case_insensitive_and_treats_sql_as_text(catalog: Catalog
     assert "images" in inspect(engine).get_table_names()
     assert catalog.search(SearchQuery(species=["'; DROP TABLE image_facets; --"])).total == 0
     assert catalog.search(SearchQuery()).total == 4
+
+
+def test_audit_chain_stays_whole_under_concurrent_writers(database_url: str) -> None:
+    """Server workers append to one chain at once (own engines, as separate processes would)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from slidebank.audit.log import AuditLog
+
+    upgrade_schema(database_url)
+    engines = [create_catalog_engine(database_url) for _ in range(4)]
+    try:
+        logs = [AuditLog(engine) for engine in engines]
+
+        def write(index: int) -> None:
+            for n in range(25):
+                logs[index].record(f"worker-{index}", "metadata.read", dataset="d", slide_id=f"s{n}")
+
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(write, range(4)))
+        check = logs[0].verify()
+        assert check.ok and check.entries == 100, check
+    finally:
+        for engine in engines:
+            engine.dispose()

@@ -2,7 +2,7 @@
 
 Each entry's hash covers the previous entry's hash and the entry's own canonical JSON, so editing,
 deleting or reordering any entry breaks the chain from there on; `verify` finds the first break.
-Appends are serialised by the database's write lock (SQLite) or a row lock on the chain head
+Appends are serialised by the database's write lock (SQLite) or a transaction advisory lock
 (PostgreSQL), so concurrent server workers extend one chain.
 """
 
@@ -17,13 +17,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from slidebank.access.models import AuditEvent
 from slidebank.catalog.database import WRITE_OPTIONS, session_factory
 
 GENESIS = "0" * 64
+CHAIN_LOCK_ID = 0x5A_0D17  # PostgreSQL advisory lock serialising appends to the chain
 TILE_WINDOW_SECONDS = 300  # tile reads: one entry per reader, slide and level per 5 minutes
 
 
@@ -60,11 +62,22 @@ class AuditLog:
         self, actor: str, action: str, *, dataset: str | None = None, slide_id: str | None = None,
         grant: str | None = None, detail: dict[str, Any] | None = None,
     ) -> None:
+        for attempt in range(5):
+            try:
+                self._append(actor, action, dataset, slide_id, grant, detail)
+                return
+            except IntegrityError:  # a writer outside the lock protocol took that position; read again
+                if attempt == 4:
+                    raise
+
+    def _append(
+        self, actor: str, action: str, dataset: str | None, slide_id: str | None, grant: str | None,
+        detail: dict[str, Any] | None,
+    ) -> None:
         with self._write.begin() as session:
-            head_query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(1)
-            if self._dialect == "postgresql":
-                head_query = head_query.with_for_update()
-            head = session.scalar(head_query)
+            if self._dialect == "postgresql":  # SQLite's write transaction already excludes other writers
+                session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHAIN_LOCK_ID})
+            head = session.scalar(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(1))
             event = AuditEvent(
                 id=(head.id + 1) if head else 1, at=datetime.now(UTC), actor=actor, action=action, dataset=dataset,
                 slide_id=slide_id, grant_uuid=grant, detail=detail or {},
