@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -176,3 +178,33 @@ def test_reads_are_audited_and_the_chain_detects_tampering(site: Site) -> None:
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         database.write_bytes(backup)
     assert run_cli("audit", "verify", home=site.home).returncode == 0
+
+
+@pytest.mark.parametrize("who", [None, "root"])
+def test_schemathesis_finds_no_server_errors_or_schema_violations(site: Site, who: str | None) -> None:
+    """Property-based requests from the OpenAPI document, with a valid token and without."""
+    command = [str(Path(sys.executable).with_name("schemathesis")), "run", f"{site.base}/openapi.json",
+               "--checks", "not_a_server_error,response_schema_conformance,content_type_conformance",
+               "--max-examples", "30", "--generation-deterministic"]
+    if who:
+        command += ["--header", f"Authorization: Bearer {site.tokens[who]}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stdout[-4000:]
+
+
+def test_hostile_requests_get_clean_refusals(site: Site) -> None:
+    with site.client("alice") as alice, site.client(None) as anonymous:
+        for text in ("' OR 1=1 --", "%", "_", "\\", "\"; DROP TABLE images; --", "sb-%"):
+            found = anonymous.get("/api/search", params={"text": text})
+            assert found.status_code == 200 and site.restricted not in found.text, text
+        assert anonymous.get("/api/search", params={"dataset": "restricted' OR '1'='1"}).json()["total"] == 0
+        for path in ("/api/slides/..%2F..%2Fetc%2Fpasswd", "/slides/..%2F..%2Fcatalog.sqlite.dzi",
+                     "/static/..%2F..%2F..%2Fnode.key", "/static/../../api/app.py", "/iiif/3/..%2F/info.json",
+                     f"/slides/{site.public}_files/0/0_0.jpeg%00.png"):
+            response = anonymous.get(path)
+            assert response.status_code in (400, 404), (path, response.status_code)
+        huge = alice.post("/api/access-requests", content=b'{"dataset": "x", "purpose": "' + b"a" * 200_000 + b'"}',
+                          headers={"Content-Type": "application/json"})
+        assert huge.status_code == 413
+        assert alice.post("/api/access-requests", json={"dataset": "restricted"}).status_code == 400
+        assert anonymous.post("/api/access-requests", json={"dataset": "public", "purpose": "x"}).status_code == 401

@@ -20,9 +20,13 @@ from slidebank.tiles.service import TileService
 from slidebank.web import mount_web
 
 
+MAX_BODY_BYTES = 64 * 1024
+
+
 def create_app(node: Node | None = None) -> FastAPI:
     node = node or Node.open()
-    app = FastAPI(title="Slidebank", version=__version__)
+    # No route takes more than a short JSON document; uploads go through `slidebank ingest`.
+    app = FastAPI(title="Slidebank", version=__version__, max_body_size=MAX_BODY_BYTES)
     gatekeeper = Gatekeeper(node)
     tiles = TileService(node)
     app.state.gatekeeper, app.state.tiles = gatekeeper, tiles

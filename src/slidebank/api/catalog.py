@@ -62,7 +62,7 @@ def catalog_routes(node: Node, gatekeeper: Gatekeeper) -> APIRouter:
         diagnosis: Annotated[list[str] | None, Query()] = None,
         text: Annotated[str | None, Query(max_length=200)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
     ) -> dict:
         visible = None if caller.readable is None else sorted(caller.readable)
         result = node.catalog.search(
