@@ -12,7 +12,7 @@ import hashlib
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
@@ -21,6 +21,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from slidebank.access.oidc import Identity
 from slidebank.access.models import (
     ROLES,
     AccessRequest,
@@ -36,6 +37,7 @@ from slidebank.catalog.models import Dataset, Organisation, Policy
 from slidebank.catalog.service import NO_RESTRICTION
 
 TOKEN_PREFIX = "sbk_"
+NAME_LIMIT = 128
 _hasher = PasswordHasher()
 
 
@@ -86,7 +88,7 @@ class Access:
     def add_user(self, name: str, role: str, organisation: str | None = None, password: str | None = None) -> dict:
         if role not in ROLES:
             raise AccessError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
-        if not name or len(name) > 128 or not name.isprintable():
+        if not name or len(name) > NAME_LIMIT or not name.isprintable():
             raise AccessError("a user name is 1-128 printable characters")
         with self._writing() as session:
             if session.scalar(select(User).where(User.name == name)) is not None:
@@ -145,6 +147,27 @@ class Access:
             if row.expires_at is not None and _aware(row.expires_at) <= datetime.now(UTC):
                 return None
             return self._principal(session, row.user)
+
+    def principal_for_identity(self, identity: Identity) -> Principal:
+        """The principal of a verified OIDC identity; first sight creates it as a researcher."""
+        with self._writing() as session:
+            user = session.scalar(select(User).where(User.oidc_issuer == identity.issuer,
+                                                     User.oidc_subject == identity.subject))
+            if user is None:
+                name = identity.name
+                if session.scalar(select(User).where(User.name == name)) is not None:
+                    name = f"{identity.name}@{identity.issuer}"[:NAME_LIMIT]
+                user = User(name=name, role="researcher", oidc_issuer=identity.issuer, oidc_subject=identity.subject)
+                session.add(user)
+                session.flush()
+            if user.disabled:
+                raise NotAllowed("this account is disabled")
+            principal = self._principal(session, user)
+        now = datetime.now(UTC)
+        visas = {dataset: f"visa:{identity.issuer}" for dataset, until in identity.dataset_visas.items() if until > now}
+        if not visas or principal.readable is None:
+            return principal
+        return replace(principal, readable=principal.readable | frozenset(visas), grants={**visas, **principal.grants})
 
     def principal_for_user(self, name: str) -> Principal:
         with self._read() as session:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from slidebank import __version__
+from slidebank.access.oidc import OidcVerifier
 from slidebank.api.access import access_routes
 from slidebank.api.catalog import catalog_routes
 from slidebank.api.errors import install_error_handlers
@@ -27,7 +28,7 @@ def create_app(node: Node | None = None) -> FastAPI:
     node = node or Node.open()
     # No route takes more than a short JSON document; uploads go through `slidebank ingest`.
     app = FastAPI(title="Slidebank", version=__version__, max_body_size=MAX_BODY_BYTES)
-    gatekeeper = Gatekeeper(node)
+    gatekeeper = Gatekeeper(node, OidcVerifier.from_environment())
     tiles = TileService(node)
     app.state.gatekeeper, app.state.tiles = gatekeeper, tiles
     app.include_router(catalog_routes(node, gatekeeper))

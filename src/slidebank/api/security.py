@@ -1,6 +1,7 @@
 """The one place every HTTP route asks "who is this, and may they read that slide?".
 
-`Gatekeeper.principal` turns a bearer token (or no credentials) into a `Principal`;
+`Gatekeeper.principal_from_header` turns a bearer token — a Slidebank API token or an OIDC JWT of
+the configured identity provider — (or no credentials) into a `Principal`;
 `Gatekeeper.slide_dataset` answers 404 — the same answer as for a slide that does not exist — when
 the principal may not read the slide, so neither errors nor timings reveal restricted slides.
 Reads are written to the audit log here too, so a route cannot serve pixels without a record.
@@ -16,7 +17,8 @@ from cachetools import TTLCache
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from slidebank.access.service import Principal
+from slidebank.access.oidc import InvalidIdentity, OidcVerifier
+from slidebank.access.service import NotAllowed, Principal
 from slidebank.node import Node
 from slidebank.tiles.service import SlideNotFound
 
@@ -25,8 +27,9 @@ _bearer = HTTPBearer(auto_error=False, description="API token (`slidebank tokens
 
 
 class Gatekeeper:
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, oidc: OidcVerifier | None = None) -> None:
         self._node = node
+        self._oidc = oidc
         self._principals: TTLCache[str, Principal | None] = TTLCache(maxsize=4096, ttl=PRINCIPAL_CACHE_SECONDS)
         self._datasets: TTLCache[str, str | None] = TTLCache(maxsize=65536, ttl=PRINCIPAL_CACHE_SECONDS)
 
@@ -35,12 +38,20 @@ class Gatekeeper:
         if not authorization:
             return self._cached("", self._node.access.anonymous)
         scheme, _, token = authorization.partition(" ")
-        principal = None
+        principal, token = None, token.strip()
         if scheme.lower() == "bearer" and token:
-            principal = self._cached(token.strip(), lambda: self._node.access.principal_for_token(token.strip()))
+            principal = self._cached(token, lambda: self._resolve(token))
         if principal is None:
             raise HTTPException(401, "invalid, expired or revoked token", headers={"WWW-Authenticate": "Bearer"})
         return principal
+
+    def _resolve(self, token: str) -> Principal | None:
+        if self._oidc is not None and self._oidc.looks_like_jwt(token):
+            try:
+                return self._node.access.principal_for_identity(self._oidc.verify(token))
+            except (InvalidIdentity, NotAllowed):
+                return None
+        return self._node.access.principal_for_token(token)
 
     def slide_dataset(self, principal: Principal, slide_id: str) -> str:
         """The slide's dataset if the principal may read it; SlideNotFound (404) otherwise."""
