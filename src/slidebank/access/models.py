@@ -147,3 +147,20 @@ class AuditEvent(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     previous_hash: Mapped[str] = mapped_column(String(SHA256_LENGTH))
     entry_hash: Mapped[str] = mapped_column(String(SHA256_LENGTH), unique=True)
+
+
+class Erasure(Base):
+    """The tombstone of an erased data subject: that it happened, when, at whose request, how much.
+
+    It keeps digests, not the pseudonym or slide ids, so the tombstone itself identifies nobody.
+    """
+
+    __tablename__ = "erasures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    subject_sha256: Mapped[str] = mapped_column(String(SHA256_LENGTH), index=True)
+    requested_by: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    images: Mapped[int] = mapped_column(Integer)
+    blobs_deleted: Mapped[int] = mapped_column(Integer)
+    slide_ids_sha256: Mapped[str] = mapped_column(String(SHA256_LENGTH))

@@ -57,6 +57,7 @@ class Principal:
     readable: frozenset[str] | None = frozenset()  # dataset aliases; None means every dataset
     grants: dict[str, str] = field(default_factory=dict)  # dataset alias -> grant uuid (for the audit)
     committees: frozenset[str] = frozenset()
+    stewarded: frozenset[str] = frozenset()
 
     @property
     def authenticated(self) -> bool:
@@ -79,7 +80,7 @@ class Access:
         self._write = session_factory(engine.execution_options(**WRITE_OPTIONS))
 
     @contextmanager
-    def _writing(self) -> Iterator[Session]:
+    def writing(self) -> Iterator[Session]:
         with self._write.begin() as session:
             yield session
 
@@ -90,7 +91,7 @@ class Access:
             raise AccessError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
         if not name or len(name) > NAME_LIMIT or not name.isprintable():
             raise AccessError("a user name is 1-128 printable characters")
-        with self._writing() as session:
+        with self.writing() as session:
             if session.scalar(select(User).where(User.name == name)) is not None:
                 raise AccessError(f"user {name!r} exists already")
             org = None
@@ -123,14 +124,14 @@ class Access:
     def create_token(self, user_name: str, label: str = "token", expires_days: int | None = 90) -> str:
         """A new bearer token for the user; only its digest is kept, so this is the one time it exists."""
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        with self._writing() as session:
+        with self.writing() as session:
             user = self._user(session, user_name)
             expires = datetime.now(UTC) + timedelta(days=expires_days) if expires_days else None
             session.add(ApiToken(user_id=user.id, label=label, token_sha256=token_digest(token), expires_at=expires))
         return token
 
     def revoke_token(self, token: str) -> bool:
-        with self._writing() as session:
+        with self.writing() as session:
             row = session.scalar(select(ApiToken).where(ApiToken.token_sha256 == token_digest(token)))
             if row is None or row.revoked_at is not None:
                 return False
@@ -150,7 +151,7 @@ class Access:
 
     def principal_for_identity(self, identity: Identity) -> Principal:
         """The principal of a verified OIDC identity; first sight creates it as a researcher."""
-        with self._writing() as session:
+        with self.writing() as session:
             user = session.scalar(select(User).where(User.oidc_issuer == identity.issuer,
                                                      User.oidc_subject == identity.subject))
             if user is None:
@@ -184,7 +185,7 @@ class Access:
         organisation: str | None = None, exist_ok: bool = False,
     ) -> dict:
         """A dataset under its own policy (free text + GA4GH DUO codes, e.g. DUO:0000007)."""
-        with self._writing() as session:
+        with self.writing() as session:
             existing = session.scalar(select(Dataset).where(Dataset.alias == name))
             if existing is not None and exist_ok:
                 return {"name": name, "policy": existing.policy.description, "existed": True,
@@ -207,12 +208,12 @@ class Access:
             return {"name": name, "policy": policy_text, "duo": codes, "open": self._is_open(policy)}
 
     def add_committee_member(self, dataset: str, user_name: str) -> None:
-        with self._writing() as session:
+        with self.writing() as session:
             session.add(CommitteeMember(dataset_id=self._dataset(session, dataset).id,
                                         user_id=self._user(session, user_name).id))
 
     def add_steward(self, dataset: str, user_name: str) -> None:
-        with self._writing() as session:
+        with self.writing() as session:
             session.add(DatasetSteward(dataset_id=self._dataset(session, dataset).id,
                                        user_id=self._user(session, user_name).id))
 
@@ -221,7 +222,7 @@ class Access:
     def request_access(self, user_name: str, dataset: str, purpose: str, project: str | None = None) -> str:
         if not purpose.strip():
             raise AccessError("say what the data will be used for (purpose)")
-        with self._writing() as session:
+        with self.writing() as session:
             user, target = self._user(session, user_name), self._dataset(session, dataset)
             request = AccessRequest(user_id=user.id, dataset_id=target.id, purpose=purpose.strip(), project=project)
             session.add(request)
@@ -234,7 +235,7 @@ class Access:
     def approve(self, request_uuid: str, decider: Principal, expires: date) -> str:
         if expires <= datetime.now(UTC).date():
             raise AccessError("the expiry date must be in the future")
-        with self._writing() as session:
+        with self.writing() as session:
             request = self._pending(session, request_uuid, decider)
             request.status, request.decided_by_id, request.decided_at = "approved", decider.user_id, datetime.now(UTC)
             grant = Grant(user_id=request.user_id, dataset_id=request.dataset_id, request_id=request.id,
@@ -249,7 +250,7 @@ class Access:
     def reject(self, request_uuid: str, decider: Principal, reason: str) -> None:
         if not reason.strip():
             raise AccessError("give the requester a reason")
-        with self._writing() as session:
+        with self.writing() as session:
             request = self._pending(session, request_uuid, decider)
             request.status, request.reason = "rejected", reason.strip()
             request.decided_by_id, request.decided_at = decider.user_id, datetime.now(UTC)
@@ -258,7 +259,7 @@ class Access:
 
     def revoke(self, grant_or_request_uuid: str, decider: Principal) -> str:
         """Revoke a grant (or the grant of an approved request); returns the grant's uuid."""
-        with self._writing() as session:
+        with self.writing() as session:
             grant = session.scalar(select(Grant).where(Grant.uuid == grant_or_request_uuid))
             if grant is None:
                 request = session.scalar(select(AccessRequest).where(AccessRequest.uuid == grant_or_request_uuid))
@@ -307,7 +308,7 @@ class Access:
             select(Dataset.alias).join(DatasetSteward, DatasetSteward.dataset_id == Dataset.id)
             .where(DatasetSteward.user_id == user.id)))
         readable = frozenset(self._open_datasets(session)) | frozenset(grants) | stewarded
-        return Principal(user.name, user.role, user.id, readable, grants, committees)
+        return Principal(user.name, user.role, user.id, readable, grants, committees, frozenset(stewarded))
 
     def _open_datasets(self, session: Session) -> list[str]:
         rows = session.execute(select(Dataset.alias, Policy).join(Policy, Policy.id == Dataset.policy_id))

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, Field
 
+from slidebank.access.erasure import erase_subject
 from slidebank.access.service import Principal
 from slidebank.api.security import Gatekeeper, principal_dependency, require_user
 from slidebank.node import Node
@@ -17,6 +18,10 @@ class NewRequest(BaseModel):
     dataset: str = Field(max_length=255)
     purpose: str = Field(min_length=1, max_length=4000)
     project: str | None = Field(default=None, max_length=255)
+
+
+class ErasureRequest(BaseModel):
+    subject: str = Field(min_length=1, max_length=255, description="The subject's pseudonym (SUBJ-…)")
 
 
 class Approval(BaseModel):
@@ -75,6 +80,17 @@ def access_routes(node: Node, gatekeeper: Gatekeeper) -> APIRouter:
     @router.get("/api/notifications", summary="The caller's notices (decisions on their requests, new requests)")
     def notifications(caller: Principal = Depends(user)) -> list[dict]:
         return node.access.notifications(caller)
+
+    @router.post("/api/erasures", summary="Erase a data subject (data steward of its datasets, or administrator)")
+    def erase(body: ErasureRequest, caller: Principal = Depends(user)) -> dict:  # noqa: B008
+        datasets = node.catalog.subject_datasets(body.subject)
+        allowed = caller.role == "administrator" or (
+            caller.role == "data_steward" and datasets and datasets <= (caller.stewarded or frozenset()))
+        if not datasets or not allowed:
+            raise HTTPException(404, "no such subject in the datasets you steward")
+        report = erase_subject(node, body.subject, caller.name)
+        gatekeeper.forget()
+        return report.to_json()
 
     @router.get("/api/audit", summary="Audit entries of the datasets the caller's committee governs")
     def audit(caller: Principal = Depends(user), dataset: Annotated[str | None, Query(max_length=255)] = None) -> list[dict]:

@@ -27,6 +27,7 @@ def register_governance_commands(app: typer.Typer) -> None:
     for sub, name in ((users_app, "users"), (tokens_app, "tokens"), (datasets_app, "datasets"),
                       (access_app, "access"), (audit_app, "audit")):
         app.add_typer(sub, name=name)
+    app.command("erase")(erase)
 
 
 def _decider(node, acting_as: str | None):  # noqa: ANN001, ANN202
@@ -254,3 +255,21 @@ def audit_export(
             out.write(json.dumps(entry, default=str) + "\n")
             count += 1
     console.print(f"wrote {count} entries to {to}")
+
+
+def erase(
+    subject: Annotated[str, typer.Option(help="The subject's pseudonym as the catalog shows it (SUBJ-…)")],
+    as_json: JsonOption = False,
+    home: HomeOption = None,
+) -> None:
+    """Erase a data subject: slides, metadata and derived results; a tombstone and an audit entry remain."""
+    from slidebank.access.erasure import erase_subject
+
+    node = open_node(home)
+    if not node.catalog.subject_datasets(subject):
+        fail(f"no subject {subject!r} in this node", 1)
+    report = erase_subject(node, subject, OPERATOR)
+    if as_json:
+        print_json(report.to_json())
+    else:
+        console.print(f"erased {report.images} image(s), deleted {report.blobs_deleted} stored file(s)")

@@ -41,6 +41,19 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_audit_events_dataset'), ['dataset'], unique=False)
         batch_op.create_index(batch_op.f('ix_audit_events_slide_id'), ['slide_id'], unique=False)
 
+    op.create_table('erasures',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('subject_sha256', sa.String(length=64), nullable=False),
+    sa.Column('requested_by', sa.String(length=255), nullable=False),
+    sa.Column('images', sa.Integer(), nullable=False),
+    sa.Column('blobs_deleted', sa.Integer(), nullable=False),
+    sa.Column('slide_ids_sha256', sa.String(length=64), nullable=False),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_erasures'))
+    )
+    with op.batch_alter_table('erasures', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_erasures_subject_sha256'), ['subject_sha256'], unique=False)
+
     op.create_table('users',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('uuid', sa.String(length=36), nullable=False),
@@ -160,6 +173,10 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('erasures', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_erasures_subject_sha256'))
+
+    op.drop_table('erasures')
     with op.batch_alter_table('grants', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_grants_user_id'))
         batch_op.drop_index(batch_op.f('ix_grants_dataset_id'))
