@@ -14,7 +14,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import json_lines, open_dataset, run_cli, running_server
 
 PATH_VALUES = {

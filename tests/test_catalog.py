@@ -22,7 +22,12 @@ from sqlalchemy.orm import Session
 import slidebank.access.models  # noqa: F401  (governance tables are part of the schema)
 from slidebank.catalog.database import create_catalog_engine, upgrade_schema
 from slidebank.catalog.models import Base, BiologicalBeing, Case, Observation
-from slidebank.catalog.records import IngestedSlide, LevelInfo, SlideDescription, StoredFile
+from slidebank.catalog.records import (
+    IngestedSlide,
+    LevelInfo,
+    SlideDescription,
+    StoredFile,
+)
 from slidebank.catalog.service import (
     Catalog,
     DuplicateSourceError,
@@ -116,7 +121,7 @@ def test_migrations_create_exactly_the_models_schema(database_url: str) -> None:
         with engine.connect() as connection:
             context = MigrationContext.configure(connection, opts={"compare_type": True})
             assert compare_metadata(context, Base.metadata) == []
-            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
         names = set(inspect(engine).get_table_names())
         assert set(Base.metadata.tables) <= names
     finally:

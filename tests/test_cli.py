@@ -7,9 +7,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from wsidicom import WsiDicom
-
 from conftest import json_lines, open_dataset, run_cli, running_server
+from wsidicom import WsiDicom
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import shutil
 from pathlib import Path
 
 import httpx
-
 from conftest import json_lines, run_cli, running_server
 
 

@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+from conftest import json_lines, run_cli, running_server
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from conftest import json_lines, run_cli, running_server
 from slidebank.access.oidc import jwks_document
 
 ISSUER, AUDIENCE, VISA_ISSUER = "https://login.hospital.example", "slidebank", "https://visas.elixir.example"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import resource
 import shutil
@@ -11,21 +12,24 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import SLIDEBANK_BIN, json_lines, run_cli
+
 from slidebank.node import Node
 
 
 def _assert_consistent(home: Path) -> int:
-    """Every blob the catalog references exists and hashes right; returns the number of slides."""
+    """Every blob the catalog references exists, decrypts and hashes right; returns the number of slides."""
     node = Node.open(home)
     try:
         for summary in node.catalog.list_slides():
-            detail = node.catalog.get_slide(summary["slide_id"])
-            for stored in detail["files"]:
-                path = node.store.blob_path(stored["sha256"])
-                assert path.is_file(), f"catalog points to missing blob {stored['sha256']}"
-                assert path.stat().st_size == stored["size"]
+            for stored in node.catalog.stored_files(summary["slide_id"]):
+                assert node.store.exists(stored.sha256), f"catalog points to missing blob {stored.sha256}"
+                blob = node.open_blob(stored)
+                try:
+                    assert blob.size == stored.size
+                    assert hashlib.sha256(blob.pread(0, blob.size)).hexdigest() == stored.sha256
+                finally:
+                    blob.close()
         return len(node.catalog.list_slides())
     finally:
         node.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -16,11 +15,11 @@ import numpy as np
 import openslide
 import pytest
 import tifffile
+from conftest import json_lines, open_dataset, run_cli, running_server
 from PIL import Image
 
 from slidebank.node import Node
 from slidebank.slides.stored import open_stored_slide
-from conftest import json_lines, open_dataset, run_cli, running_server
 
 # The official validator's test image: 10×10 squares of 100 px in colours it knows.
 VALIDATOR_ID = "67352ccc-d1b0-11e1-89ae-279075081939"
@@ -208,24 +207,22 @@ def test_official_iiif_validator_passes_at_level_2(served: Served) -> None:
 
 
 def test_frame_table_reads_the_same_bytes_as_wsidicom(served: Served) -> None:
-    """The pread fast path and wsidicom agree on every interior tile of every level."""
-    from slidebank.slides.stored import volume_blobs
+    """The direct (decrypting) read path and wsidicom agree on every tile of every level."""
+    from slidebank.slides.stored import open_volume_blobs
     from slidebank.tiles.frames import level_frames
 
     node = Node.open(served.home)
-    files = [node.store.blob_path(sha) for _, sha in volume_blobs(node, served.slide_id)]
+    blobs = open_volume_blobs(node, served.slide_id)
     with open_stored_slide(node, served.slide_id) as stored:
         by_width = {level.size.width: index for index, level in enumerate(stored.levels)}
-        tables = [table for table in map(level_frames, files) if table is not None]
+        tables = [(blob, table) for blob in blobs if (table := level_frames(blob)) is not None]
         assert len(tables) == len(stored.levels), "converted slides have the simple layout"
-        for table in tables:
-            fd = os.open(table.path, os.O_RDONLY)
-            try:
-                for index in range(len(table.positions)):
-                    col, row = index % table.cols, index // table.cols
-                    assert table.read(fd, col, row) == stored.read_encoded_tile(
-                        by_width[table.width], (col, row), crop_to_image_boundary=False
-                    )
-            finally:
-                os.close(fd)
+        for blob, table in tables:
+            for index in range(len(table.positions)):
+                col, row = index % table.cols, index // table.cols
+                assert table.read(blob, col, row) == stored.read_encoded_tile(
+                    by_width[table.width], (col, row), crop_to_image_boundary=False
+                )
+    for blob in blobs:
+        blob.close()
     node.close()

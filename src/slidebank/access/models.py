@@ -9,10 +9,28 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, CheckConstraint, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from slidebank.catalog.models import NAME_LENGTH, SHA256_LENGTH, Base, Dataset, Organisation, new_uuid, utcnow
+from slidebank.catalog.models import (
+    NAME_LENGTH,
+    SHA256_LENGTH,
+    Base,
+    Dataset,
+    Organisation,
+    new_uuid,
+    utcnow,
+)
 
 ROLES = ("administrator", "data_steward", "dac_member", "researcher")
 REQUEST_STATES = ("pending", "approved", "rejected", "revoked")

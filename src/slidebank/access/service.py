@@ -21,7 +21,6 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from slidebank.access.oidc import Identity
 from slidebank.access.models import (
     ROLES,
     AccessRequest,
@@ -32,6 +31,7 @@ from slidebank.access.models import (
     Notification,
     User,
 )
+from slidebank.access.oidc import Identity
 from slidebank.catalog.database import WRITE_OPTIONS, session_factory
 from slidebank.catalog.models import Dataset, Organisation, Policy
 from slidebank.catalog.service import NO_RESTRICTION

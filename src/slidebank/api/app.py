@@ -20,7 +20,6 @@ from slidebank.node import Node
 from slidebank.tiles.service import TileService
 from slidebank.web import mount_web
 
-
 MAX_BODY_BYTES = 64 * 1024
 
 

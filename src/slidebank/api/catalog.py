@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query
-from fastapi.responses import FileResponse
+from fastapi.responses import Response
 
 from slidebank.access.service import Principal
 from slidebank.api.security import Gatekeeper, principal_dependency
 from slidebank.api.tiles import SlideId
 from slidebank.catalog.service import SearchQuery
 from slidebank.node import Node
+from slidebank.slides.stored import read_thumbnail
 
 
 def catalog_routes(node: Node, gatekeeper: Gatekeeper) -> APIRouter:
@@ -42,14 +43,14 @@ def catalog_routes(node: Node, gatekeeper: Gatekeeper) -> APIRouter:
             raise HTTPException(404, "no such slide")
         return detail
 
-    @router.get("/api/slides/{slide_id}/thumbnail.jpg", response_class=FileResponse, summary="Thumbnail")
-    def thumbnail(slide_id: SlideId, caller: Principal = Depends(current)) -> FileResponse:
+    @router.get("/api/slides/{slide_id}/thumbnail.jpg", response_class=Response, summary="Thumbnail")
+    def thumbnail(slide_id: SlideId, caller: Principal = Depends(current)) -> Response:
         gatekeeper.read_slide(caller, slide_id, "thumbnail.read")
-        detail = node.catalog.get_slide(slide_id)
-        if detail is None or not detail.get("thumbnail_sha256"):
-            raise HTTPException(404, "no such slide")
-        return FileResponse(node.store.blob_path(detail["thumbnail_sha256"]), media_type="image/jpeg",
-                            headers={"Cache-Control": "private, max-age=3600"})
+        try:
+            content = read_thumbnail(node, slide_id)
+        except LookupError:
+            raise HTTPException(404, "no such slide") from None
+        return Response(content, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
     @router.get("/api/search", summary="Faceted search over the slides the caller may read")
     def search(

@@ -8,7 +8,9 @@ from fastapi.responses import JSONResponse
 from iiif.error import IIIFError
 
 from slidebank.access.service import AccessError, NotAllowed
-from slidebank.api.tiles import CORS  # IIIF clients must be able to read error answers too
+from slidebank.api.tiles import (
+    CORS,  # IIIF clients must be able to read error answers too
+)
 from slidebank.tiles.service import SlideNotFound, TileNotFound
 
 

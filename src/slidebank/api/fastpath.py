@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import re
 
-from starlette.types import ASGIApp, Receive, Scope, Send
-
 from fastapi import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from slidebank.api.security import Gatekeeper
 from slidebank.api.tiles import CORS, caching_headers, not_modified

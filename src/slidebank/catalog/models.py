@@ -40,6 +40,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     String,
@@ -47,7 +48,13 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column, relationship
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    declared_attr,
+    mapped_column,
+    relationship,
+)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -398,6 +405,9 @@ class ImageFile(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     level: Mapped[int | None] = mapped_column(Integer)
     media_type: Mapped[str] = mapped_column(String(128))
+    # The blob's data key, sealed to the node key (crypt4gh header). Kept here, not beside the
+    # payload, so that deleting the row is crypto-shredding. NULL: a blob stored in clear.
+    key_header: Mapped[bytes | None] = mapped_column(LargeBinary)
 
     image: Mapped[Image] = relationship(back_populates="files")
 

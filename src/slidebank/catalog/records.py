@@ -59,6 +59,7 @@ class StoredFile:
     size: int
     level: int | None = None
     media_type: str = "application/dicom"
+    key_header: bytes | None = None  # crypt4gh header sealing the blob's key (None: stored in clear)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, CompoundSelect, Engine, Select, delete, func, insert, or_, select, union_all
+from sqlalchemy import (
+    ColumnElement,
+    CompoundSelect,
+    Engine,
+    Select,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    union_all,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -47,7 +58,7 @@ from slidebank.catalog.models import (
     block_specimens,
     slide_stainings,
 )
-from slidebank.catalog.records import IngestedSlide, SlideDescription
+from slidebank.catalog.records import IngestedSlide, SlideDescription, StoredFile
 from slidebank.catalog.vocabulary import (
     ANATOMICAL_SITES,
     BLOCK_PREPARATIONS,
@@ -365,7 +376,8 @@ class Catalog:
             for index, level in enumerate(slide.levels)
         ]
         image.files = [
-            ImageFile(role=f.role, sha256=f.sha256, size=f.size, level=f.level, media_type=f.media_type)
+            ImageFile(role=f.role, sha256=f.sha256, size=f.size, level=f.level, media_type=f.media_type,
+                      key_header=f.key_header if f.key_header is not None else self._existing_key(session, f.sha256))
             for f in slide.files
         ]
         session.add(image)
@@ -554,6 +566,22 @@ class Catalog:
             return session.scalar(
                 select(Dataset.alias).join(Image, Image.dataset_id == Dataset.id).where(Image.slide_id == slide_id)
             )
+
+    @staticmethod
+    def _existing_key(session: Session, sha256: str) -> bytes | None:
+        """A blob stored before (same bytes, other image) keeps its payload: share its key header."""
+        return session.scalar(
+            select(ImageFile.key_header).where(ImageFile.sha256 == sha256, ImageFile.key_header.is_not(None)).limit(1)
+        )
+
+    def stored_files(self, slide_id: str) -> list[StoredFile]:
+        """The blobs of a slide with their key headers: what reading its pixels needs."""
+        with self._read() as session:
+            rows = session.scalars(
+                select(ImageFile).join(Image, Image.id == ImageFile.image_id).where(Image.slide_id == slide_id)
+                .order_by(ImageFile.level, ImageFile.id)
+            )
+            return [StoredFile(f.role, f.sha256, f.size, f.level, f.media_type, f.key_header) for f in rows]
 
     def subject_datasets(self, pseudonym: str) -> set[str]:
         """The datasets that hold objects of the subject with this pseudonym (empty: unknown subject)."""

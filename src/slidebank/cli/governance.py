@@ -13,7 +13,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from slidebank.cli.common import HomeOption, JsonOption, console, fail, open_node, print_json
+from slidebank.cli.common import (
+    HomeOption,
+    JsonOption,
+    console,
+    fail,
+    open_node,
+    print_json,
+)
 
 users_app = typer.Typer(help="People and their roles.", no_args_is_help=True)
 tokens_app = typer.Typer(help="API tokens (shown once, stored hashed).", no_args_is_help=True)

@@ -25,7 +25,14 @@ from rich.progress import (
 from rich.table import Table
 
 from slidebank import __version__
-from slidebank.cli.common import HomeOption, JsonOption, console, fail, open_node, print_json
+from slidebank.cli.common import (
+    HomeOption,
+    JsonOption,
+    console,
+    fail,
+    open_node,
+    print_json,
+)
 from slidebank.cli.governance import register_governance_commands
 
 app = typer.Typer(help="Slidebank: collect, describe and share whole-slide images.", no_args_is_help=True)

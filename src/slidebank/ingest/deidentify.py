@@ -19,7 +19,11 @@ from pathlib import Path
 
 import pydicom
 from dicomanonymizer.dicomfields_selector import dicom_anonymization_database_selector
-from dicomanonymizer.simpledicomanonymizer import anonymize_dataset, initialize_actions, keep
+from dicomanonymizer.simpledicomanonymizer import (
+    anonymize_dataset,
+    initialize_actions,
+    keep,
+)
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 from pydicom.uid import generate_uid

@@ -24,11 +24,15 @@ from typing import Any, Literal
 
 import openslide
 import pydicom
-from PIL import Image as PILImage
 from wsidicom import WsiDicom
 
 from slidebank import __version__
-from slidebank.catalog.records import IngestedSlide, LevelInfo, SlideDescription, StoredFile
+from slidebank.catalog.records import (
+    IngestedSlide,
+    LevelInfo,
+    SlideDescription,
+    StoredFile,
+)
 from slidebank.catalog.service import DuplicateSourceError, SlideIdTakenError
 from slidebank.ingest.convert import ConversionError, convert_to_dicom
 from slidebank.ingest.deidentify import (
@@ -182,12 +186,13 @@ def _convert_and_publish(
         thumbnail.save(buffer, "JPEG", quality=85)
         thumbnail_path.write_bytes(buffer.getvalue())
 
-        stored: list[StoredFile] = []
+        stored: list[StoredFile] = []  # encrypted at rest, each with its own key sealed to the node
         for path, level in file_levels:
-            ref = node.store.publish(path)
-            stored.append(StoredFile("volume", ref.sha256, ref.size, level))
-        thumb_ref = node.store.publish(thumbnail_path)
-        stored.append(StoredFile("thumbnail", thumb_ref.sha256, thumb_ref.size, None, "image/jpeg"))
+            ref = node.store.publish(path, node.keys)
+            stored.append(StoredFile("volume", ref.sha256, ref.size, level, key_header=ref.key_header))
+        thumb_ref = node.store.publish(thumbnail_path, node.keys)
+        stored.append(StoredFile("thumbnail", thumb_ref.sha256, thumb_ref.size, None, "image/jpeg",
+                                 thumb_ref.key_header))
 
     provenance = {
         "ingested_at": datetime.now(UTC).isoformat(),

@@ -14,7 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slidebank.catalog.records import SlideDescription
-from slidebank.ingest.pipeline import IngestOutcome, IngestRequest, prepare_slide, register_slide
+from slidebank.ingest.pipeline import (
+    IngestOutcome,
+    IngestRequest,
+    prepare_slide,
+    register_slide,
+)
 from slidebank.ingest.sidecar import load_sidecar
 from slidebank.node import Node
 from slidebank.slides.source import SourceSlide, discover
@@ -75,6 +80,7 @@ def run_ingest(
 ) -> list[IngestOutcome]:
     """Ingest every planned slide; outcomes in completion order, each reported as soon as known."""
     outcomes: list[IngestOutcome] = []
+    _ = node.keys  # create the node's key pair here, before worker processes need it
 
     def finish(request: IngestRequest, prepared: object) -> None:
         outcome = register_slide(node, request, prepared)  # type: ignore[arg-type]

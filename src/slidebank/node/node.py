@@ -12,14 +12,18 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
-from slidebank.catalog.database import create_catalog_engine, upgrade_schema
 from slidebank.access.service import Access
 from slidebank.audit.log import AuditLog
+from slidebank.catalog.database import create_catalog_engine, upgrade_schema
+from slidebank.catalog.records import StoredFile
 from slidebank.catalog.service import Catalog
 from slidebank.slides.inspect import Limits
 from slidebank.storage import LocalBlobStore
+from slidebank.storage.blobstore import BlobFile
+from slidebank.storage.crypt import NodeKeys, node_keys
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,15 @@ class Node:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(secrets.token_bytes(32))
         return path.read_bytes()
+
+    @cached_property
+    def keys(self) -> NodeKeys:
+        """The node's crypt4gh key pair: every stored blob's key is sealed to it."""
+        return node_keys(self.settings.home)
+
+    def open_blob(self, stored: StoredFile) -> BlobFile:
+        """A stored file's plaintext, decrypted on read."""
+        return self.store.open_blob(stored.sha256, stored.key_header, self.keys)
 
     @contextmanager
     def ingest_lock(self) -> Iterator[None]:

@@ -20,13 +20,48 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from slidebank.storage.crypt import EncryptedFile, NodeKeys, encrypt_file
+
 CHUNK_SIZE = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
 class BlobRef:
-    sha256: str
+    sha256: str  # of the plaintext: the content address
+    size: int  # plaintext bytes
+    key_header: bytes | None = None  # crypt4gh header sealing this blob's key; None: stored in clear
+
+
+class BlobFile(Protocol):
+    """A stored blob opened for reading: random access and a file object, as plaintext."""
+
     size: int
+
+    def pread(self, offset: int, length: int) -> bytes: ...  # pragma: no cover
+
+    def stream(self) -> BinaryIO: ...  # pragma: no cover
+
+    def close(self) -> None: ...  # pragma: no cover
+
+
+class PlainFile:
+    """A blob stored in clear (nodes from before encryption at rest)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_RDONLY)
+        self.size = os.fstat(self._fd).st_size
+
+    def pread(self, offset: int, length: int) -> bytes:
+        return os.pread(self._fd, length, offset)
+
+    def stream(self) -> BinaryIO:
+        return open(self.path, "rb")
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 class BlobStore(Protocol):
@@ -90,19 +125,36 @@ class LocalBlobStore:
         finally:
             shutil.rmtree(path, ignore_errors=True)
 
-    def publish(self, path: Path) -> BlobRef:
-        """Move a finished staging file into the store under its digest (atomic, durable)."""
+    def publish(self, path: Path, keys: NodeKeys | None = None) -> BlobRef:
+        """Move a finished staging file into the store under its digest (atomic, durable).
+
+        With `keys`, the stored payload is encrypted and the returned ref carries its key header;
+        a blob already stored keeps its payload, and its header comes from whoever stored it first
+        (the ref's header is then None and the catalog copies the existing one).
+        """
         ref = sha256_file(path)
         target = self.blob_path(ref.sha256)
         if target.exists():
             path.unlink()
             return ref
         target.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "rb") as handle:
-            os.fsync(handle.fileno())
+        header = None
+        if keys is not None:
+            encrypted = path.with_name(path.name + ".c4gh")
+            header = encrypt_file(path, encrypted, keys)
+            path.unlink()
+            path = encrypted
+        else:
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
         os.replace(path, target)
         _fsync_dir(target.parent)
-        return ref
+        return BlobRef(ref.sha256, ref.size, header)
+
+    def open_blob(self, sha256: str, key_header: bytes | None, keys: NodeKeys) -> BlobFile:
+        """Random access to a stored blob's plaintext, decrypting only what is read."""
+        path = self.blob_path(sha256)
+        return EncryptedFile(path, key_header, keys) if key_header is not None else PlainFile(path)
 
     def open(self, sha256: str) -> BinaryIO:
         return open(self.blob_path(sha256), "rb")

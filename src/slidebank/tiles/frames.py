@@ -1,4 +1,4 @@
-"""Where each stored JPEG frame lies in its DICOM file, so a tile is one `os.pread`.
+"""Where each stored JPEG frame lies in its DICOM file, so a tile is one positioned read.
 
 wsidicom answers the same question through its level/instance/geometry objects, which costs
 more than the read itself on the hot path (bench/tiles.py, py-spy). This table is built once
@@ -9,13 +9,13 @@ Anything else returns None and tiles go through wsidicom, which handles every la
 
 from __future__ import annotations
 
-import os
 import struct
 from dataclasses import dataclass
-from pathlib import Path
 
 import pydicom
 from pydicom.encaps import parse_basic_offsets, parse_fragments
+
+from slidebank.storage.blobstore import BlobFile
 
 ITEM_HEADER = 8  # (FFFE,E000) tag + 4-byte length
 PIXEL_DATA_HEADER = 12  # (7FE0,0010) tag, "OB", 2 reserved bytes, undefined length
@@ -25,19 +25,18 @@ PIXEL_DATA_HEADER = 12  # (7FE0,0010) tag, "OB", 2 reserved bytes, undefined len
 class LevelFrames:
     """Byte ranges of a level's frames in row-major tile order."""
 
-    path: Path
     width: int  # level size in pixels: identifies the level
     cols: int
     positions: tuple[tuple[int, int], ...]  # (offset of the JPEG bytes, length)
 
-    def read(self, fd: int, col: int, row: int) -> bytes:
+    def read(self, blob: BlobFile, col: int, row: int) -> bytes:
         offset, length = self.positions[row * self.cols + col]
-        return os.pread(fd, length, offset)
+        return blob.pread(offset, length)
 
 
-def level_frames(path: Path) -> LevelFrames | None:
-    """The frame table of one DICOM WSI file, or None if its layout is not the simple one."""
-    with open(path, "rb") as handle:
+def level_frames(blob: BlobFile) -> LevelFrames | None:
+    """The frame table of one stored DICOM WSI file, or None if its layout is not the simple one."""
+    with blob.stream() as handle:
         dataset = pydicom.dcmread(handle, stop_before_pixels=True)
         pixel_data = handle.tell()
         if not _simple_layout(dataset):
@@ -61,7 +60,7 @@ def level_frames(path: Path) -> LevelFrames | None:
             handle.seek(item + 4)
             (length,) = struct.unpack("<I", handle.read(4))
             positions.append((item + ITEM_HEADER, length))
-    return LevelFrames(path, int(dataset.TotalPixelMatrixColumns), cols, tuple(positions))
+    return LevelFrames(int(dataset.TotalPixelMatrixColumns), cols, tuple(positions))
 
 
 def _simple_layout(dataset: pydicom.Dataset) -> bool:

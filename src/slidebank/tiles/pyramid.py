@@ -8,15 +8,14 @@ compute level sizes: a client asking for a tile of a stored level gets the store
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime
-from pathlib import Path
 
 from PIL import Image
 from wsidicom import WsiDicom
 
+from slidebank.storage.blobstore import BlobFile
 from slidebank.tiles.frames import LevelFrames, level_frames
 
 # Frames in these transfer syntaxes are complete baseline JPEG files that browsers decode as is.
@@ -48,10 +47,11 @@ class SlidePyramid:
     """A stored slide opened for reading; safe to share between threads (wsidicom locks its reads)."""
 
     @classmethod
-    def open(cls, files: list[Path], identity: PyramidIdentity) -> SlidePyramid:
-        return cls(WsiDicom.open([str(f) for f in files]), identity, files)
+    def open(cls, blobs: list[BlobFile], identity: PyramidIdentity) -> SlidePyramid:
+        """Open from the stored (encrypted) files; the pyramid owns and closes them."""
+        return cls(WsiDicom.open_streams([blob.stream() for blob in blobs]), identity, blobs)
 
-    def __init__(self, wsi: WsiDicom, identity: PyramidIdentity, files: list[Path]) -> None:
+    def __init__(self, wsi: WsiDicom, identity: PyramidIdentity, blobs: list[BlobFile]) -> None:
         self._wsi = wsi
         self.identity = identity
         self.width = wsi.size.width
@@ -62,13 +62,15 @@ class SlidePyramid:
         self.etag_base = identity.source_sha256[:20]
         ingested = identity.ingested_at
         self.last_modified = format_datetime(ingested, usegmt=True) if ingested else None  # an HTTP date
-        # Interior stored tiles are read straight from the file (one pread, no lock: pread has no
-        # shared file position); edge tiles need cropping and go through wsidicom.
-        self._frames: dict[int, tuple[int, LevelFrames]] = {}
+        # Interior stored tiles are read straight from the file (one positioned read, decrypting
+        # only the segments it spans); edge tiles need cropping and go through wsidicom.
+        self._blobs = blobs
+        self._frames: dict[int, tuple[BlobFile, LevelFrames]] = {}
         widths = {level.width: level.index for level in self.levels if self.stored_jpeg}
-        for table in filter(None, map(level_frames, files)):
-            if table.width in widths and widths[table.width] not in self._frames:
-                self._frames[widths[table.width]] = (os.open(table.path, os.O_RDONLY), table)
+        for blob in blobs:
+            table = level_frames(blob)
+            if table is not None and table.width in widths and widths[table.width] not in self._frames:
+                self._frames[widths[table.width]] = (blob, table)
 
     def _power_of_two_levels(self, wsi: WsiDicom) -> list[StoredLevel]:
         """Stored levels whose size is exactly ceil(size / 2^k); others cannot be served by copy."""
@@ -93,8 +95,8 @@ class SlidePyramid:
         direct = self._frames.get(level.index)
         interior = (col + 1) * self.tile_size <= level.width and (row + 1) * self.tile_size <= level.height
         if direct is not None and interior:
-            fd, table = direct
-            return table.read(fd, col, row)
+            blob, table = direct
+            return table.read(blob, col, row)
         return self._wsi.read_encoded_tile(level.index, (col, row))
 
     def decoded_tile(self, level: StoredLevel, col: int, row: int) -> Image.Image:
@@ -124,7 +126,7 @@ class SlidePyramid:
         return image.resize(size, resample, box=box)
 
     def close(self) -> None:
-        for fd, _ in self._frames.values():
-            os.close(fd)
         self._frames.clear()
         self._wsi.close()
+        for blob in self._blobs:
+            blob.close()

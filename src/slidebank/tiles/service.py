@@ -16,7 +16,7 @@ from cachetools import LRUCache
 from wsidicom.config import settings as wsidicom_settings
 
 from slidebank.node import Node
-from slidebank.slides.stored import volume_blobs
+from slidebank.slides.stored import open_volume_blobs
 from slidebank.tiles.deepzoom import DeepZoomTile, TileNotFound, deepzoom_tile
 from slidebank.tiles.iiif import IIIFImage, iiif_image
 from slidebank.tiles.pyramid import PyramidIdentity, SlidePyramid
@@ -64,8 +64,7 @@ class TileService:
             ingested_at=datetime.fromisoformat(detail["ingested_at"]) if detail.get("ingested_at") else None,
             transfer_syntax=detail["transfer_syntax"],
         )
-        files = [self._node.store.blob_path(sha) for _, sha in volume_blobs(self._node, slide_id)]
-        pyramid = SlidePyramid.open(files, identity)
+        pyramid = SlidePyramid.open(open_volume_blobs(self._node, slide_id), identity)
         with self._lock:
             existing = self._pyramids.get(slide_id)
             if existing is not None:  # another thread won the race

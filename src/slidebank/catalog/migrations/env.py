@@ -10,8 +10,10 @@ from alembic import context
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
+from slidebank.access import (
+    models as access_models,  # noqa: F401  (registers governance tables)
+)
 from slidebank.catalog.database import WRITE_OPTIONS, create_catalog_engine
-from slidebank.access import models as access_models  # noqa: F401  (registers governance tables)
 from slidebank.catalog.models import Base
 
 # Any stable 64-bit number: serialises concurrent migrations of the same PostgreSQL database.
