@@ -127,13 +127,16 @@ def tile_paths(width: int, height: int, tile: int, count: int, seed: int = 1) ->
     return paths
 
 
-def load(port: int, paths_file: Path, seconds: int, connections: int, work: Path) -> dict[str, float]:
+def load(port: int, paths_file: Path, seconds: int, connections: int, work: Path,
+         headers: dict[str, str]) -> dict[str, float]:
     script = work / "paths.lua"
     script.write_text(WRK_SCRIPT)
-    command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
+    header_args = [arg for name, value in headers.items() for arg in ("-H", f"{name}: {value}")]
+    command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", *header_args, "-s", str(script),
                f"http://127.0.0.1:{port}"]
     env = {**os.environ, "TILE_PATHS": str(paths_file)}
-    subprocess.run([*command[:3], "-d3s", *command[4:]], env=env, capture_output=True, check=True)  # warm up
+    warm_up = [part if not part.startswith("-d") else "-d3s" for part in command]
+    subprocess.run(warm_up, env=env, capture_output=True, check=True)
     out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {
@@ -180,30 +183,33 @@ def main() -> None:
         subprocess.run([str(BIN / "slidebank"), "init"], env={**os.environ, **env}, check=True, capture_output=True)
         subprocess.run([str(BIN / "slidebank"), "ingest", str(slide), "--slide-id", SLIDE_ID, "--json"],
                        env={**os.environ, **env}, check=True, capture_output=True)
+        token = subprocess.run([str(BIN / "slidebank"), "tokens", "create", "admin"], env={**os.environ, **env},
+                               check=True, capture_output=True, text=True).stdout.strip()
+        auth = {"Authorization": f"Bearer {token}"}  # every tile request is authenticated and checked
         results: dict[str, dict[str, float]] = {}
         port = free_port()
         with server([str(BIN / "slidebank"), "serve", "--port", str(port), "--workers", str(args.workers)],
                     port, env) as process:
-            dzi = httpx.get(f"http://127.0.0.1:{port}/slides/{SLIDE_ID}.dzi").text
+            dzi = httpx.get(f"http://127.0.0.1:{port}/slides/{SLIDE_ID}.dzi", headers=auth).text
             tile = int(re.search(r'TileSize="(\d+)"', dzi).group(1))  # type: ignore[union-attr]
             paths = tile_paths(width, height, tile, args.paths)
             paths_file = work / "paths.txt"
             paths_file.write_text("\n".join(paths) + "\n")
             console.print(f"{len(set(paths))} distinct tiles of {tile} px over 6 levels; "
                           f"{args.connections} connections, {args.seconds} s each")
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:  # nginx's copy of the tiles
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=auth) as client:  # nginx's copy
                 for path in sorted(set(paths)):
                     target = work / "static" / path.lstrip("/")
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_bytes(client.get(path).raise_for_status().content)
-            results["slidebank"] = load(port, paths_file, args.seconds, args.connections, work)
+            results["slidebank"] = load(port, paths_file, args.seconds, args.connections, work, auth)
             results["slidebank"]["rss_mib"] = tree_rss_mib(process.pid)
 
         port = free_port()
         gunicorn = [str(BIN / "gunicorn"), "-w", str(args.workers), "-b", f"127.0.0.1:{port}",
                     "--chdir", str(ROOT / "bench"), "openslide_dz_server:app"]
         with server(gunicorn, port, {"SLIDE": str(slide), "TILE_SIZE": str(tile)}) as process:
-            results["openslide"] = load(port, paths_file, args.seconds, args.connections, work)
+            results["openslide"] = load(port, paths_file, args.seconds, args.connections, work, {})
             results["openslide"]["rss_mib"] = tree_rss_mib(process.pid)
 
         port = free_port()
@@ -213,7 +219,7 @@ def main() -> None:
         (work / "static" / "slides" / f"{SLIDE_ID}.dzi").write_text(dzi)  # what the readiness probe asks for
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         with server([nginx, "-c", str(conf), "-g", "daemon off;"], port) as process:
-            results["nginx"] = load(port, paths_file, args.seconds, args.connections, work)
+            results["nginx"] = load(port, paths_file, args.seconds, args.connections, work, {})
             results["nginx"]["rss_mib"] = tree_rss_mib(process.pid)
 
     table = Table(title=f"Deep Zoom tiles, {width}x{height} ({width * height / 1e9:.2f} Gpx), "

@@ -69,6 +69,9 @@ class Gatekeeper:
                                 grant=principal.grants.get(dataset), detail=dict(detail))
         return dataset
 
+    def tile_read_logged(self, principal: Principal, slide_id: str, where: str) -> bool:
+        return self._node.audit.tile_read_logged(principal.name, slide_id, where)
+
     def read_tile(self, principal: Principal, slide_id: str, where: str) -> None:
         """Check and audit a tile read; `where` names the level or API (aggregated per window)."""
         dataset = self.slide_dataset(principal, slide_id)

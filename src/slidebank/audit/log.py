@@ -86,6 +86,11 @@ class AuditLog:
             event.entry_hash = _chain(event.previous_hash, event)
             session.add(event)
 
+    def tile_read_logged(self, actor: str, slide_id: str, where: str) -> bool:
+        """Whether such a tile read is already covered by an entry of the current window."""
+        seen = self._seen_tiles.get((actor, slide_id, where))
+        return seen is not None and time.monotonic() - seen < TILE_WINDOW_SECONDS
+
     def record_tile_read(self, actor: str, dataset: str, slide_id: str, where: str, grant: str | None) -> None:
         """Tile reads are many: the first read of `where` (e.g. a Deep Zoom level) of a slide by a
         reader opens a 5-minute window in which its further tile reads are not logged again."""

@@ -14,10 +14,10 @@ import io
 import os
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from cachetools import LRUCache
 from crypt4gh import header as c4gh_header
 from crypt4gh import lib as c4gh_lib
 from crypt4gh.keys import c4gh as c4gh_keys
@@ -25,7 +25,11 @@ from crypt4gh.keys import get_private_key, get_public_key
 
 SEGMENT = c4gh_lib.SEGMENT_SIZE  # plaintext bytes per segment
 CIPHER_SEGMENT = c4gh_lib.CIPHER_SEGMENT_SIZE  # nonce + ciphertext + MAC
-CACHED_SEGMENTS = 16
+# Decrypted segments, shared by every open file of the process: neighbouring tiles share segments
+# and viewers come back to the same region, so this saves most decryptions while panning.
+SEGMENT_CACHE_BYTES = int(os.environ.get("SLIDEBANK_SEGMENT_CACHE_MB", "256")) * 1024 * 1024
+_segment_cache: LRUCache[tuple[str, int], bytes] = LRUCache(SEGMENT_CACHE_BYTES, getsizeof=len)
+_segment_lock = threading.Lock()
 
 
 class EncryptedFileError(Exception):
@@ -82,7 +86,10 @@ def plaintext_size(payload_size: int) -> int:
 
 
 class EncryptedFile:
-    """Random access to the plaintext of an encrypted payload; thread-safe (pread, locked cache)."""
+    """Random access to the plaintext of an encrypted payload; thread-safe (pread, locked cache).
+
+    Decrypted segments are cached in process memory, never on disk; the cache key includes the
+    file's inode, so a blob deleted and stored again is never served from stale entries."""
 
     def __init__(self, payload: Path, header: bytes, keys: NodeKeys) -> None:
         try:
@@ -92,8 +99,7 @@ class EncryptedFile:
         self.path = payload
         self._fd = os.open(payload, os.O_RDONLY)
         self.size = plaintext_size(os.fstat(self._fd).st_size)
-        self._segments: OrderedDict[int, bytes] = OrderedDict()
-        self._lock = threading.Lock()
+        self._cache_key = f"{payload}:{os.fstat(self._fd).st_ino}"
 
     def pread(self, offset: int, length: int) -> bytes:
         """Plaintext bytes [offset, offset + length), decrypting only the segments they lie in."""
@@ -106,11 +112,11 @@ class EncryptedFile:
         return data[start : start + (end - offset)]
 
     def _segment(self, index: int) -> bytes:
-        with self._lock:
-            cached = self._segments.get(index)
-            if cached is not None:
-                self._segments.move_to_end(index)
-                return cached
+        key = (self._cache_key, index)
+        with _segment_lock:
+            cached = _segment_cache.get(key)
+        if cached is not None:
+            return cached
         cipher = os.pread(self._fd, CIPHER_SEGMENT, index * CIPHER_SEGMENT)
         plain = bytearray(SEGMENT)
         try:
@@ -118,10 +124,9 @@ class EncryptedFile:
         except ValueError as error:
             raise EncryptedFileError(f"segment {index} of {self.path.name} failed authentication") from error
         segment = bytes(plain[:size])
-        with self._lock:
-            self._segments[index] = segment
-            if len(self._segments) > CACHED_SEGMENTS:
-                self._segments.popitem(last=False)
+        if SEGMENT_CACHE_BYTES:
+            with _segment_lock:
+                _segment_cache[key] = segment
         return segment
 
     def stream(self) -> io.BufferedReader:
