@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -25,6 +26,15 @@ def open_node(home: Path | None):  # noqa: ANN202 - Node import is deferred to k
 
 def print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, default=str) + "\n")
+
+
+def print_list(items: list[dict[str, Any]], as_json: bool, line: Callable[[dict[str, Any]], str]) -> None:
+    """A list as one JSON document (scripts) or one formatted line per item (people)."""
+    if as_json:
+        print_json(items)
+        return
+    for item in items:
+        console.print(line(item))
 
 
 def fail(message: str, code: int = 2) -> None:

@@ -20,6 +20,7 @@ from slidebank.cli.common import (
     fail,
     open_node,
     print_json,
+    print_list,
 )
 
 users_app = typer.Typer(help="People and their roles.", no_args_is_help=True)
@@ -75,12 +76,8 @@ def users_add(
 @users_app.command("list")
 def users_list(as_json: JsonOption = False, home: HomeOption = None) -> None:
     """List users."""
-    users = open_node(home).access.list_users()
-    if as_json:
-        print_json(users)
-        return
-    for user in users:
-        console.print(f"{user['name']:24} {user['role']:14} {user['organisation'] or ''}")
+    print_list(open_node(home).access.list_users(), as_json,
+               lambda user: f"{user['name']:24} {user['role']:14} {user['organisation'] or ''}")
 
 
 @tokens_app.command("create")
@@ -131,12 +128,8 @@ def datasets_create(
 @datasets_app.command("list")
 def datasets_list(as_json: JsonOption = False, home: HomeOption = None) -> None:
     """List datasets with their policy and size."""
-    datasets = open_node(home).catalog.datasets()
-    if as_json:
-        print_json(datasets)
-        return
-    for dataset in datasets:
-        console.print(f"{dataset['name']:28} {dataset['images']:6} images  policy {dataset['policy']}")
+    print_list(open_node(home).catalog.datasets(), as_json,
+               lambda dataset: f"{dataset['name']:28} {dataset['images']:6} images  policy {dataset['policy']}")
 
 
 @access_app.command("request")
@@ -211,12 +204,8 @@ def access_revoke(
 def access_list(as_json: JsonOption = False, home: HomeOption = None) -> None:
     """Every access request and its state."""
     node = open_node(home)
-    requests = node.access.requests(_decider(node, None))
-    if as_json:
-        print_json(requests)
-        return
-    for request in requests:
-        console.print(f"{request['id']}  {request['status']:9} {request['user']:16} {request['dataset']}")
+    print_list(node.access.requests(_decider(node, None)), as_json,
+               lambda request: f"{request['id']}  {request['status']:9} {request['user']:16} {request['dataset']}")
 
 
 @audit_app.command("show")
