@@ -69,12 +69,15 @@ def generic_slide(synthetic_dir: Path):  # noqa: ANN201 - SyntheticSlide
     return write_synthetic_slide(synthetic_dir / "generic.tiff", 1500, 1100, vendor="generic", seed=3)
 
 
-def run_cli(*args: str, home: Path, check: bool = False, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, home: Path, check: bool = False, timeout: float = 600, stdin: str | None = None
+) -> subprocess.CompletedProcess:
     """Run the real `slidebank` executable, as a user would."""
     env = {**os.environ, "SLIDEBANK_HOME": str(home)}
     env.pop("SLIDEBANK_DATABASE_URL", None)
     result = subprocess.run(
-        [str(SLIDEBANK_BIN), *args], capture_output=True, text=True, env=env, timeout=timeout, check=False
+        [str(SLIDEBANK_BIN), *args], capture_output=True, text=True, env=env, timeout=timeout, check=False,
+        input=stdin,
     )
     if check and result.returncode != 0:
         raise AssertionError(f"slidebank {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")

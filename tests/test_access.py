@@ -212,3 +212,29 @@ def test_hostile_requests_get_clean_refusals(site: Site) -> None:
         assert all(len(r["purpose"]) < 10_000 for r in alice.get("/api/access-requests").json())
         assert alice.post("/api/access-requests", json={"dataset": "restricted"}).status_code == 400
         assert anonymous.post("/api/access-requests", json={"dataset": "public", "purpose": "x"}).status_code == 401
+
+
+def test_browser_sessions_need_the_csrf_token_for_changes(site: Site) -> None:
+    password = "correct horse battery"
+    run_cli("users", "add", "erin", "--role", "data_steward", "--password-stdin", home=site.home, check=True,
+            stdin=password + "\n")
+    run_cli("datasets", "create", "erin-data", "--policy", "x", "--steward", "erin", home=site.home, check=True)
+    with httpx.Client(base_url=site.base) as browser:
+        assert browser.post("/api/session", json={"name": "erin", "password": "wrong"}).status_code == 401
+        logged_in = browser.post("/api/session", json={"name": "erin", "password": password})
+        assert logged_in.status_code == 200
+        cookie = browser.cookies["slidebank_session"]
+        assert "httponly" in logged_in.headers["set-cookie"].lower()
+        assert "samesite=strict" in logged_in.headers["set-cookie"].lower()
+        assert browser.get("/api/me").json()["name"] == "erin"
+        request = {"dataset": "restricted", "purpose": "QC"}
+        assert browser.post("/api/access-requests", json=request).status_code == 403  # no CSRF token
+        csrf = logged_in.json()["csrf"]
+        assert browser.post("/api/access-requests", json=request, headers={"X-CSRF-Token": csrf}).status_code == 201
+        browser.cookies.set("slidebank_session", cookie[:-2] + ("aa" if cookie[-2:] != "aa" else "bb"))
+        assert browser.get("/api/me").status_code == 401  # tampered
+        browser.cookies.set("slidebank_session", cookie)
+        logged_out = browser.delete("/api/session", headers={"X-CSRF-Token": csrf})
+        assert logged_out.status_code == 200
+        assert any(h.startswith("slidebank_session=") and "max-age=0" in h.lower()
+                   for h in logged_out.headers.get_list("set-cookie"))

@@ -19,6 +19,8 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 
+STEWARD_PASSWORD = "slides are data"
+
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed (make system-deps)")
 
 
@@ -31,6 +33,12 @@ def site(tmp_path_factory: pytest.TempPathFactory, aperio_slide, generic_slide) 
     [slide] = json_lines(run_cli("ingest", str(aperio_slide.path), "--json", "--dataset", "breast",
                                  home=home, check=True).stdout)
     run_cli("ingest", str(generic_slide.path), "--json", "--dataset", "lung", home=home, check=True)
+    run_cli("users", "add", "sam", "--role", "data_steward", "--password-stdin", home=home, check=True,
+            stdin=STEWARD_PASSWORD + "\n")
+    run_cli("datasets", "create", "private", "--policy", "controlled", "--steward", "sam", home=home, check=True)
+    private = home.parent / "private.svs"
+    run_cli("synth", str(private), "--width", "2400", "--height", "1800", home=home, check=True)
+    run_cli("ingest", str(private), "--dataset", "private", "--json", home=home, check=True)
     with running_server(home) as base:
         yield base, slide["slide_id"]
 
@@ -54,7 +62,7 @@ def test_catalog_search_open_zoom_and_pan_a_slide(site: tuple[str, str], browser
 
     page.goto(f"{base}/")
     page.wait_for_selector(".card")
-    assert page.locator(".card").count() == 2
+    assert page.locator(".card").count() == 2  # the private dataset's slide is not shown to anonymous
     page.wait_for_function("[...document.querySelectorAll('.card img')].every(i => i.complete && i.naturalWidth > 0)")
     assert page.locator("fieldset[data-facet=dataset] .count").all_inner_texts() == ["1", "1"]
     page.locator("fieldset[data-facet=dataset] input[value=breast]").check()
@@ -85,6 +93,32 @@ def test_catalog_search_open_zoom_and_pan_a_slide(site: tuple[str, str], browser
     canvas = np.asarray(Image.open(io.BytesIO(page.locator("#viewer canvas").first.screenshot())).convert("RGB"))
     tissue = (canvas.astype(int).sum(axis=2) < 600).mean()  # pink/purple stain, not white glass
     assert tissue > 0.05 and canvas.std() > 10, f"canvas looks blank ({tissue:.1%} tissue)"
+    page.close()
+
+
+def test_logging_in_shows_the_datasets_one_stewards(site: tuple[str, str], browser) -> None:  # noqa: ANN001
+    base, _ = site
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(f"{base}/")
+    page.wait_for_function("document.querySelectorAll('.card').length === 2")
+    page.fill("#login input[name=name]", "sam")
+    page.fill("#login input[name=password]", "not the password")
+    page.click("#login button")
+    page.wait_for_function("document.querySelector('#login-error').textContent !== ''")
+    page.fill("#login input[name=password]", STEWARD_PASSWORD)
+    page.click("#login button")
+    page.wait_for_selector("#who")
+    page.wait_for_function("document.querySelectorAll('.card').length === 3")
+    tiles: list[tuple[str, int]] = []
+    page.on("response", lambda r: tiles.append((r.url, r.status)) if "_files/" in r.url else None)
+    page.locator("fieldset[data-facet=dataset] input[value=private]").check()
+    page.wait_for_function("document.querySelectorAll('.card').length === 1")
+    page.locator(".card a").click()
+    page.wait_for_function("window.slidebankViewer && window.slidebankViewer.world.getItemCount() === 1 "
+                           "&& window.slidebankViewer.world.getItemAt(0).getFullyLoaded()")
+    assert tiles and all(status == 200 for _, status in tiles)
+    page.click("#logout")  # the page reloads without the session: the private slide is gone
+    page.wait_for_function("document.body.textContent.includes('No such slide')")
     page.close()
 
 

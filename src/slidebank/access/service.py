@@ -172,7 +172,10 @@ class Access:
 
     def principal_for_user(self, name: str) -> Principal:
         with self._read() as session:
-            return self._principal(session, self._user(session, name))
+            user = self._user(session, name)
+            if user.disabled:
+                raise NotAllowed("this account is disabled")
+            return self._principal(session, user)
 
     def anonymous(self) -> Principal:
         with self._read() as session:

@@ -5,12 +5,19 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from slidebank.access.erasure import erase_subject
 from slidebank.access.service import Principal
-from slidebank.api.security import Gatekeeper, principal_dependency, require_user
+from slidebank.api.security import (
+    CSRF_COOKIE,
+    SESSION_COOKIE,
+    SESSION_SECONDS,
+    Gatekeeper,
+    principal_dependency,
+    require_user,
+)
 from slidebank.node import Node
 
 
@@ -18,6 +25,11 @@ class NewRequest(BaseModel):
     dataset: str = Field(max_length=255)
     purpose: str = Field(min_length=1, max_length=4000)
     project: str | None = Field(default=None, max_length=255)
+
+
+class LogIn(BaseModel):
+    name: str = Field(min_length=1, max_length=128)
+    password: str = Field(min_length=1, max_length=1024)
 
 
 class ErasureRequest(BaseModel):
@@ -39,6 +51,26 @@ def access_routes(node: Node, gatekeeper: Gatekeeper) -> APIRouter:
     def user(caller: Principal = Depends(current)) -> Principal:  # noqa: B008
         return require_user(caller)
 
+
+    @router.post("/api/session", summary="Log in (browser): sets the session and CSRF cookies")
+    def log_in(body: LogIn, request: Request, response: Response) -> dict:
+        principal = node.access.login(body.name, body.password)
+        if principal is None:
+            node.audit.record(body.name, "login.failed")
+            raise HTTPException(401, "wrong name or password")
+        cookie, csrf = gatekeeper.sessions.issue(principal.name)
+        secure = request.url.scheme == "https"
+        response.set_cookie(SESSION_COOKIE, cookie, max_age=SESSION_SECONDS, httponly=True, secure=secure,
+                            samesite="strict")
+        response.set_cookie(CSRF_COOKIE, csrf, max_age=SESSION_SECONDS, secure=secure, samesite="strict")
+        node.audit.record(principal.name, "login")
+        return {"name": principal.name, "role": principal.role, "csrf": csrf}
+
+    @router.delete("/api/session", summary="Log out (browser)")
+    def log_out(response: Response, caller: Principal = Depends(current)) -> dict:
+        response.delete_cookie(SESSION_COOKIE)
+        response.delete_cookie(CSRF_COOKIE)
+        return {"name": caller.name, "logged_out": True}
 
     @router.get("/api/me", summary="The caller: name, role, readable datasets, committees")
     def me(caller: Principal = Depends(current)) -> dict:

@@ -13,9 +13,10 @@ from __future__ import annotations
 import re
 
 from fastapi import HTTPException
+from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from slidebank.api.security import Gatekeeper
+from slidebank.api.security import SESSION_COOKIE, Gatekeeper
 from slidebank.api.tiles import CORS, caching_headers, not_modified
 from slidebank.tiles.deepzoom import passes_through
 from slidebank.tiles.service import TileService
@@ -39,10 +40,13 @@ class DeepZoomFastPath:
             await self.app(scope, receive, send)
             return
         level, col, row = int(match["level"]), int(match["col"]), int(match["row"])
-        request_headers = {k: v.decode("latin-1") for k, v in scope["headers"] if k in (b"authorization", b"if-none-match")}
+        request_headers = {
+            k: v.decode("latin-1") for k, v in scope["headers"] if k in (b"authorization", b"if-none-match", b"cookie")
+        }
+        session = cookie_parser(request_headers.get(b"cookie", "")).get(SESSION_COOKIE)
         where = f"deepzoom level {level}"
         try:
-            principal = self.gatekeeper.principal_from_header(request_headers.get(b"authorization"))
+            principal = self.gatekeeper.principal_from_header(request_headers.get(b"authorization"), session)
             if not self.gatekeeper.tile_read_logged(principal, match["slide_id"], where):
                 raise LookupError("audit entry due")  # written by the documented route, off the event loop
             self.gatekeeper.read_tile(principal, match["slide_id"], where)

@@ -10,31 +10,71 @@ Principals are cached for a few seconds per token: a revoked grant stops working
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
+import secrets
 from typing import Annotated
 
 from cachetools import TTLCache
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from slidebank.access.oidc import InvalidIdentity, OidcVerifier
-from slidebank.access.service import NotAllowed, Principal
+from slidebank.access.service import AccessError, NotAllowed, Principal
 from slidebank.node import Node
 from slidebank.tiles.service import SlideNotFound
 
 PRINCIPAL_CACHE_SECONDS = float(os.environ.get("SLIDEBANK_PRINCIPAL_CACHE_SECONDS", "10"))
-_bearer = HTTPBearer(auto_error=False, description="API token (`slidebank tokens create`)")
+SESSION_COOKIE, CSRF_COOKIE, CSRF_HEADER = "slidebank_session", "slidebank_csrf", "x-csrf-token"
+SESSION_SECONDS = 12 * 3600
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_bearer = HTTPBearer(auto_error=False, description="API token (`slidebank tokens create`) or OIDC access token")
+
+
+class Sessions:
+    """Browser sessions: a signed, expiring cookie naming the user and its CSRF token.
+
+    Cookies ride along on every request, including ones another site makes the browser send, so a
+    state-changing request authenticated by the cookie must also echo the CSRF token in a header
+    (double submit); bearer tokens are never sent implicitly and need no such proof.
+    """
+
+    def __init__(self, node_secret: bytes) -> None:
+        key = hmac.new(node_secret, b"slidebank browser sessions", hashlib.sha256).digest()
+        self._signer = URLSafeTimedSerializer(key, salt="session")
+
+    def issue(self, user_name: str) -> tuple[str, str]:
+        csrf = secrets.token_urlsafe(24)
+        return self._signer.dumps({"user": user_name, "csrf": csrf}), csrf
+
+    def read(self, cookie: str) -> dict[str, str] | None:
+        try:
+            return self._signer.loads(cookie, max_age=SESSION_SECONDS)
+        except BadSignature:  # tampered, or older than SESSION_SECONDS
+            return None
 
 
 class Gatekeeper:
     def __init__(self, node: Node, oidc: OidcVerifier | None = None) -> None:
         self._node = node
         self._oidc = oidc
+        self.sessions = Sessions(node.secret)
         self._principals: TTLCache[str, Principal | None] = TTLCache(maxsize=4096, ttl=PRINCIPAL_CACHE_SECONDS)
         self._datasets: TTLCache[str, str | None] = TTLCache(maxsize=65536, ttl=PRINCIPAL_CACHE_SECONDS)
 
-    def principal_from_header(self, authorization: str | None) -> Principal:
-        """The principal of an `Authorization` header value; 401 for a bad or expired token."""
+    def principal_from_header(
+        self, authorization: str | None, session_cookie: str | None = None, method: str = "GET",
+        csrf_header: str | None = None,
+    ) -> Principal:
+        """The caller: a bearer token, else a browser session, else anonymous.
+
+        401 for a bad, expired or revoked token or session; 403 for a cookie-authenticated
+        state-changing request without the session's CSRF token.
+        """
+        if not authorization and session_cookie:
+            return self._session_principal(session_cookie, method, csrf_header)
         if not authorization:
             return self._cached("", self._node.access.anonymous)
         scheme, _, token = authorization.partition(" ")
@@ -43,6 +83,24 @@ class Gatekeeper:
             principal = self._cached(token, lambda: self._resolve(token))
         if principal is None:
             raise HTTPException(401, "invalid, expired or revoked token", headers={"WWW-Authenticate": "Bearer"})
+        return principal
+
+    def _session_principal(self, cookie: str, method: str, csrf_header: str | None) -> Principal:
+        session = self.sessions.read(cookie)
+        if session is None:
+            raise HTTPException(401, "your session has ended; log in again")
+        if method in UNSAFE_METHODS and not (csrf_header and hmac.compare_digest(csrf_header, session["csrf"])):
+            raise HTTPException(403, "missing or wrong CSRF token")
+
+        def load() -> Principal | None:
+            try:
+                return self._node.access.principal_for_user(session["user"])
+            except AccessError:
+                return None
+
+        principal = self._cached("session:" + cookie, load)
+        if principal is None:
+            raise HTTPException(401, "your session has ended; log in again")
         return principal
 
     def _resolve(self, token: str) -> Principal | None:
@@ -92,7 +150,10 @@ def principal_dependency(gatekeeper: Gatekeeper):  # noqa: ANN201 - a FastAPI de
     def current_principal(
         request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
     ) -> Principal:
-        return gatekeeper.principal_from_header(request.headers.get("authorization"))
+        return gatekeeper.principal_from_header(
+            request.headers.get("authorization"), request.cookies.get(SESSION_COOKIE), request.method,
+            request.headers.get(CSRF_HEADER),
+        )
 
     return current_principal
 

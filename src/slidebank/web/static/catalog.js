@@ -1,4 +1,6 @@
 // Catalog page: search box, facet filters with counts, thumbnail grid, paging — over /api/search.
+import { showAccount } from "./session.js";
+
 const FACETS = ["dataset", "species", "organ", "stain", "vendor", "diagnosis"];
 const PAGE_SIZE = 24;
 const state = { text: "", offset: 0, selected: Object.fromEntries(FACETS.map((f) => [f, new Set()])) };
@@ -43,7 +45,8 @@ function showFacets(facets) {
       box.addEventListener("change", () => {
         box.checked ? state.selected[facet].add(value) : state.selected[facet].delete(value);
         state.offset = 0;
-        refresh();
+        showAccount(() => { state.offset = 0; refresh(); });  // logging in or out changes what one may see
+refresh();
       });
       fieldset.append(element("label", {}, box, value, element("span", { class: "count" }, String(count))));
     }
@@ -70,8 +73,10 @@ document.querySelector("#search").addEventListener("submit", (event) => {
   event.preventDefault();
   state.text = document.querySelector("#text").value.trim();
   state.offset = 0;
-  refresh();
+  showAccount(() => { state.offset = 0; refresh(); });  // logging in or out changes what one may see
+refresh();
 });
 document.querySelector("#previous").addEventListener("click", () => { state.offset -= PAGE_SIZE; refresh(); });
 document.querySelector("#next").addEventListener("click", () => { state.offset += PAGE_SIZE; refresh(); });
+showAccount(() => { state.offset = 0; refresh(); });  // logging in or out changes what one may see
 refresh();

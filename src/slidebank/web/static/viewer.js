@@ -1,5 +1,7 @@
 // Slide page: OpenSeadragon on the Deep Zoom source, magnification buttons and readout, scale bar
 // from µm/px, keyboard like pathologists' viewers, and the slide's metadata and provenance.
+import { showAccount } from "./session.js";
+
 const slideId = decodeURIComponent(location.pathname.split("/").pop());
 const MAGNIFICATIONS = { 1: 5, 2: 10, 3: 20, 4: 40 };  // number keys → objective magnification
 
@@ -93,3 +95,4 @@ function showDetails() {
     element("p", { class: "muted" }, `Original SHA-256 ${slide.source_sha256}`));
 }
 showDetails();
+showAccount(() => location.reload());
