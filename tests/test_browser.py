@@ -39,6 +39,9 @@ def site(tmp_path_factory: pytest.TempPathFactory, aperio_slide, generic_slide) 
     private = home.parent / "private.svs"
     run_cli("synth", str(private), "--width", "2400", "--height", "1800", home=home, check=True)
     run_cli("ingest", str(private), "--dataset", "private", "--json", home=home, check=True)
+    request = run_cli("access", "request", "--user", "sam", "--dataset", "lung", "--purpose", "QC study",
+                      home=home, check=True).stdout.strip()
+    run_cli("access", "reject", request, "--reason", "lung is open data already", home=home, check=True)
     with running_server(home) as base:
         yield base, slide["slide_id"]
 
@@ -109,6 +112,8 @@ def test_logging_in_shows_the_datasets_one_stewards(site: tuple[str, str], brows
     page.click("#login button")
     page.wait_for_selector("#who")
     page.wait_for_function("document.querySelectorAll('.card').length === 3")
+    page.click(".notices summary")
+    assert "rejected: lung is open data already" in page.locator("#notices").inner_text()
     tiles: list[tuple[str, int]] = []
     page.on("response", lambda r: tiles.append((r.url, r.status)) if "_files/" in r.url else None)
     page.locator("fieldset[data-facet=dataset] input[value=private]").check()

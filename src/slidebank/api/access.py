@@ -125,7 +125,9 @@ def access_routes(node: Node, gatekeeper: Gatekeeper) -> APIRouter:
         return report.to_json()
 
     @router.get("/api/audit", summary="Audit entries of the datasets the caller's committee governs")
-    def audit(caller: Principal = Depends(user), dataset: Annotated[str | None, Query(max_length=255)] = None) -> list[dict]:
+    def audit(
+        caller: Principal = Depends(user), dataset: Annotated[str | None, Query(max_length=255)] = None
+    ) -> list[dict]:
         if caller.role != "administrator" and (dataset is None or dataset not in caller.committees):
             raise HTTPException(403, "name a dataset whose access committee you sit on")
         return list(node.audit.entries(dataset=dataset))

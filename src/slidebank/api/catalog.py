@@ -23,7 +23,7 @@ def catalog_routes(node: Node, gatekeeper: Gatekeeper) -> APIRouter:
     def list_datasets() -> list[dict]:
         return node.catalog.datasets()
 
-    @router.get("/api/datasets/{name}", summary="A dataset with its counts per species, organ, stain, vendor, diagnosis")
+    @router.get("/api/datasets/{name}", summary="A dataset with its counts per species, organ, stain, …")
     def get_dataset(name: str) -> dict:
         dataset = next((d for d in node.catalog.datasets() if d["name"] == name), None)
         if dataset is None:

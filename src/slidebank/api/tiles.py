@@ -61,7 +61,10 @@ def tile_routes(tiles: TileService, gatekeeper: Gatekeeper) -> APIRouter:
 
     @router.get("/slides/{slide_id}.dzi", response_class=Response, summary="Deep Zoom descriptor")
     def deepzoom_descriptor(
-        slide_id: SlideId, request: Request, caller: Principal = Depends(current), if_none_match: Annotated[str | None, Header()] = None
+        slide_id: SlideId,
+        request: Request,
+        caller: Principal = Depends(current),
+        if_none_match: Annotated[str | None, Header()] = None,
     ) -> Response:
         gatekeeper.read_slide(caller, slide_id, "deepzoom.open")
         pyramid = tiles.pyramid(slide_id)
@@ -141,7 +144,10 @@ def tile_routes(tiles: TileService, gatekeeper: Gatekeeper) -> APIRouter:
 
     @router.get("/api/slides/{slide_id}/overview.jpg", response_class=Response, summary="Whole slide, ≤1024 px")
     def overview(
-        slide_id: SlideId, request: Request, caller: Principal = Depends(current), if_none_match: Annotated[str | None, Header()] = None
+        slide_id: SlideId,
+        request: Request,
+        caller: Principal = Depends(current),
+        if_none_match: Annotated[str | None, Header()] = None,
     ) -> Response:
         gatekeeper.read_slide(caller, slide_id, "overview.read")
         pyramid = tiles.pyramid(slide_id)

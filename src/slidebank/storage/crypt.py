@@ -5,15 +5,22 @@ the node's X25519 public key. The header is kept in the catalog, not beside the 
 it destroys the only copy of the key (crypto-shredding on erasure). The payload is crypt4gh's
 64 KiB ChaCha20-Poly1305 segments, so any byte range is read by decrypting only the segments it
 touches — a tile costs one or two segment decryptions, not the file.
+
+Limits of the crypt4gh format that callers must cover: a segment's MAC does not bind its position,
+so segments swapped or dropped whole (a payload cut at a segment boundary) are not detected here;
+compare `EncryptedFile.size` with the size recorded at ingest, and the SHA-256 when reading it all.
 """
 
 from __future__ import annotations
 
-import contextlib
+import fcntl
+import hashlib
 import io
 import os
+import tempfile
 import threading
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,21 +32,34 @@ from crypt4gh.keys import get_private_key, get_public_key
 
 SEGMENT = c4gh_lib.SEGMENT_SIZE  # plaintext bytes per segment
 CIPHER_SEGMENT = c4gh_lib.CIPHER_SEGMENT_SIZE  # nonce + ciphertext + MAC
+SEGMENT_OVERHEAD = CIPHER_SEGMENT - SEGMENT
+SECRET_KEY_FILE = "node-c4gh.sec"
+PUBLIC_KEY_FILE = "node-c4gh.pub"
+KEY_LOCK_FILE = "node-c4gh.lock"
 # Decrypted segments, shared by every open file of the process: neighbouring tiles share segments
 # and viewers come back to the same region, so this saves most decryptions while panning.
 SEGMENT_CACHE_BYTES = int(os.environ.get("SLIDEBANK_SEGMENT_CACHE_MB", "256")) * 1024 * 1024
-_segment_cache: LRUCache[tuple[str, int], bytes] = LRUCache(SEGMENT_CACHE_BYTES, getsizeof=len)
+_segment_cache: LRUCache[tuple[bytes, int], bytes] = LRUCache(max(SEGMENT_CACHE_BYTES, 1), getsizeof=len)
 _segment_lock = threading.Lock()
 
 
 class EncryptedFileError(Exception):
-    """A segment failed authentication (tampered or truncated payload) or the key is wrong."""
+    """A segment failed authentication (tampered or truncated payload) or the key/header is wrong."""
+
+
+class NodeKeyError(Exception):
+    """The node's key files are damaged, or the passphrase is wrong or missing."""
 
 
 @dataclass(frozen=True)
 class NodeKeys:
+    """The node's X25519 pair: the node seals every file key to itself and opens only its own."""
+
     secret: bytes
     public: bytes
+
+    def __repr__(self) -> str:  # keeps the secret out of logs and tracebacks
+        return f"NodeKeys(public={self.public.hex()})"
 
     @property
     def sealing(self) -> list[tuple[int, bytes, bytes]]:
@@ -50,28 +70,68 @@ class NodeKeys:
         return [(0, self.secret, None)]
 
 
-def node_keys(folder: Path) -> NodeKeys:
-    """The node's crypt4gh key pair, created on first use (secret key file mode 0600)."""
-    secret_path, public_path = folder / "node-c4gh.sec", folder / "node-c4gh.pub"
-    if not public_path.exists():
-        try:  # created empty with owner-only rights first, so the key is never readable by others
-            os.close(os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        except FileExistsError:  # another process of this node is writing the pair right now
-            for _ in range(100):
-                if public_path.exists() and public_path.stat().st_size:
-                    break
-                time.sleep(0.05)
-        else:
-            c4gh_keys.generate(str(secret_path), str(public_path), passphrase=None, comment=b"slidebank node")
-    # The key file has no passphrase (the node must start unattended; the file is mode 0400), which
-    # crypt4gh announces on stderr every time it is read.
-    with contextlib.redirect_stderr(io.StringIO()):
-        secret = get_private_key(str(secret_path), lambda: "")
-    return NodeKeys(secret, get_public_key(str(public_path)))
+def generate_node_keys(folder: Path, passphrase: str | None = None) -> NodeKeys:
+    """Create the node's key pair; refuses to replace one, since that would shred every stored file.
+
+    The files appear complete or not at all (written aside, fsynced, renamed: public key first, secret
+    last, so a present secret key means a complete pair). Concurrent callers must serialise;
+    `node_keys` does. The secret file is owner-only from creation (crypt4gh then makes it 0400).
+    """
+    secret_path, public_path = folder / SECRET_KEY_FILE, folder / PUBLIC_KEY_FILE
+    if secret_path.exists():
+        raise FileExistsError(f"{secret_path} exists: the node already has a key pair")
+    folder.mkdir(parents=True, exist_ok=True)
+    secret_fd, secret_tmp = tempfile.mkstemp(prefix=f".{SECRET_KEY_FILE}.", dir=folder)  # mode 0600
+    os.close(secret_fd)
+    public_tmp = Path(f"{secret_tmp}.pub")
+    try:
+        c4gh_keys.generate(
+            secret_tmp, str(public_tmp), passphrase=passphrase.encode() if passphrase else None, comment=b"slidebank node"
+        )
+        for written in (secret_tmp, public_tmp):
+            _fsync(Path(written))
+        os.replace(public_tmp, public_path)
+        os.replace(secret_tmp, secret_path)
+        _fsync(folder)
+    finally:
+        for leftover in (Path(secret_tmp), public_tmp):
+            leftover.unlink(missing_ok=True)
+    return load_node_keys(folder, passphrase)
+
+
+def load_node_keys(folder: Path, passphrase: str | None = None) -> NodeKeys:
+    """The node's key pair from its crypt4gh key files; NodeKeyError if they do not belong together."""
+    secret_path = folder / SECRET_KEY_FILE
+    if not secret_path.exists():
+        raise FileNotFoundError(f"{secret_path} is missing: the node has no key pair")
+    try:
+        secret = get_private_key(str(secret_path), lambda: passphrase or "")
+        public = get_public_key(str(folder / PUBLIC_KEY_FILE))
+    except SystemExit as error:  # crypt4gh exits the process on a bad key file or passphrase
+        raise NodeKeyError(f"cannot read {secret_path}: wrong or missing passphrase, or a damaged file") from error
+    except (ValueError, NotImplementedError) as error:
+        raise NodeKeyError(f"cannot read the node key files in {folder}: {error}") from error
+    keys = NodeKeys(secret, public)
+    if not _seals_to_itself(keys):
+        raise NodeKeyError(f"{PUBLIC_KEY_FILE} in {folder} is not the public half of {SECRET_KEY_FILE}")
+    return keys
+
+
+def node_keys(folder: Path, passphrase: str | None = None) -> NodeKeys:
+    """The node's key pair, created on first use; safe when several processes start at once."""
+    if not (folder / SECRET_KEY_FILE).exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        with _exclusive_lock(folder / KEY_LOCK_FILE):
+            if not (folder / SECRET_KEY_FILE).exists():
+                return generate_node_keys(folder, passphrase)
+    return load_node_keys(folder, passphrase)
 
 
 def encrypt_file(source: Path, target: Path, keys: NodeKeys) -> bytes:
-    """Write `source` encrypted to `target` (segments only); return the detached crypt4gh header."""
+    """Write `source` encrypted to `target` (segments only, fsynced); return the detached header.
+
+    crypt4gh streams one segment at a time, so memory stays flat whatever the file size.
+    """
     header = io.BytesIO()
     with open(source, "rb") as plain, open(target, "wb") as cipher:
         c4gh_lib.encrypt(keys.sealing, plain, cipher, headerfile=header)
@@ -80,39 +140,52 @@ def encrypt_file(source: Path, target: Path, keys: NodeKeys) -> bytes:
     return header.getvalue()
 
 
-def plaintext_size(payload_size: int) -> int:
-    full, rest = divmod(payload_size, CIPHER_SEGMENT)
-    return full * SEGMENT + max(0, rest - (CIPHER_SEGMENT - SEGMENT))
-
-
 class EncryptedFile:
     """Random access to the plaintext of an encrypted payload; thread-safe (pread, locked cache).
 
-    Decrypted segments are cached in process memory, never on disk; the cache key includes the
-    file's inode, so a blob deleted and stored again is never served from stale entries."""
+    Decrypted segments are cached in process memory, never on disk, keyed by the header's digest:
+    a header names one data key and so one payload, whatever path or inode it is read through.
+    """
 
     def __init__(self, payload: Path, header: bytes, keys: NodeKeys) -> None:
-        try:
-            self._session_keys, _ = c4gh_header.deconstruct(io.BytesIO(header), keys.opening)
-        except Exception as error:  # noqa: BLE001 - crypt4gh raises ValueError and others
-            raise EncryptedFileError(f"cannot open the key of {payload.name}: {error}") from error
         self.path = payload
+        self._data_key = _open_header(header, keys, payload.name)
+        self._cache_id = hashlib.sha256(header).digest()
         self._fd = os.open(payload, os.O_RDONLY)
-        self.size = plaintext_size(os.fstat(self._fd).st_size)
-        self._cache_key = f"{payload}:{os.fstat(self._fd).st_ino}"
+        try:
+            self.size = _plaintext_size(os.fstat(self._fd).st_size, payload.name)
+        except EncryptedFileError:
+            self.close()
+            raise
 
     def pread(self, offset: int, length: int) -> bytes:
         """Plaintext bytes [offset, offset + length), decrypting only the segments they lie in."""
+        if offset < 0 or length < 0:
+            raise ValueError(f"negative offset or length: {offset}, {length}")
         end = min(offset + length, self.size)
         if offset >= end:
             return b""
-        first, last = offset // SEGMENT, (end - 1) // SEGMENT
-        data = b"".join(self._segment(index) for index in range(first, last + 1))
-        start = offset - first * SEGMENT
-        return data[start : start + (end - offset)]
+        pieces = list(self._pieces(offset, end))
+        if len(pieces) == 1:
+            return bytes(pieces[0])
+        return b"".join(pieces)
+
+    def readinto(self, offset: int, buffer: memoryview) -> int:
+        """Fill `buffer` from `offset` without an intermediate copy; returns the bytes written."""
+        written = 0
+        for piece in self._pieces(offset, min(offset + len(buffer), self.size)):
+            buffer[written : written + len(piece)] = piece
+            written += len(piece)
+        return written
+
+    def _pieces(self, offset: int, end: int) -> Iterator[memoryview]:
+        """The parts of each segment that fall within [offset, end)."""
+        for index in range(offset // SEGMENT, (end - 1) // SEGMENT + 1 if end > offset else 0):
+            start = index * SEGMENT
+            yield memoryview(self._segment(index))[max(offset - start, 0) : min(end - start, SEGMENT)]
 
     def _segment(self, index: int) -> bytes:
-        key = (self._cache_key, index)
+        key = (self._cache_id, index)
         with _segment_lock:
             cached = _segment_cache.get(key)
         if cached is not None:
@@ -120,17 +193,21 @@ class EncryptedFile:
         cipher = os.pread(self._fd, CIPHER_SEGMENT, index * CIPHER_SEGMENT)
         plain = bytearray(SEGMENT)
         try:
-            size = c4gh_lib.decrypt_block(plain, cipher, self._session_keys)
+            size = c4gh_lib.decrypt_block(plain, cipher, [self._data_key])
         except ValueError as error:
             raise EncryptedFileError(f"segment {index} of {self.path.name} failed authentication") from error
-        segment = bytes(plain[:size])
+        segment = bytes(memoryview(plain)[:size])
         if SEGMENT_CACHE_BYTES:
             with _segment_lock:
                 _segment_cache[key] = segment
         return segment
 
     def stream(self) -> io.BufferedReader:
-        """A read-only, seekable file object over the plaintext (for pydicom and wsidicom)."""
+        """A read-only, seekable file object over the plaintext (for pydicom and wsidicom).
+
+        Each call gets its own position; all share this file's descriptor, which the stream never
+        closes (close the EncryptedFile after its streams).
+        """
         return io.BufferedReader(_PlaintextView(self), buffer_size=SEGMENT)
 
     def close(self) -> None:
@@ -146,6 +223,8 @@ class EncryptedFile:
 
 
 class _PlaintextView(io.RawIOBase):
+    """File-object face of an EncryptedFile, for libraries that only take streams."""
+
     def __init__(self, source: EncryptedFile) -> None:
         self._source, self._position = source, 0
 
@@ -159,16 +238,70 @@ class _PlaintextView(io.RawIOBase):
     def seekable(self) -> bool:
         return True
 
-    def tell(self) -> int:
-        return self._position
-
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._source.size}[whence]
-        self._position = max(0, base + offset)
+        bases = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._source.size}
+        if whence not in bases:
+            raise ValueError(f"invalid whence {whence}")
+        if bases[whence] + offset < 0:
+            raise ValueError(f"negative seek position {bases[whence] + offset}")
+        self._position = bases[whence] + offset
         return self._position
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        data = self._source.pread(self._position, len(buffer))
-        buffer[: len(data)] = data
+        count = self._source.readinto(self._position, memoryview(buffer).cast("B"))
+        self._position += count
+        return count
+
+    def readall(self) -> bytes:
+        data = self._source.pread(self._position, max(self._source.size - self._position, 0))
         self._position += len(data)
-        return len(data)
+        return data
+
+
+def _open_header(header: bytes, keys: NodeKeys, name: str) -> bytes:
+    """The data key in a header that this node wrote; anything else is refused."""
+    try:
+        # Requiring the node as the sender means only the holder of the node's secret can have made
+        # it: a header sealed by anyone who merely knows the public key is refused.
+        data_keys, edit_list = c4gh_header.deconstruct(io.BytesIO(header), keys.opening, sender_pubkey=keys.public)
+    except ValueError as error:
+        raise EncryptedFileError(f"cannot open the key of {name}: {error}") from error
+    if edit_list is not None or len(data_keys) != 1 or len(data_keys[0]) != 32:
+        raise EncryptedFileError(f"the header of {name} was not written by Slidebank (edit list or several keys)")
+    return bytes(data_keys[0])
+
+
+def _plaintext_size(payload_size: int, name: str) -> int:
+    full, rest = divmod(payload_size, CIPHER_SEGMENT)
+    if 0 < rest <= SEGMENT_OVERHEAD:  # crypt4gh never writes an empty segment: bytes were cut off
+        raise EncryptedFileError(f"{name} is truncated ({rest} bytes after the last whole segment)")
+    return full * SEGMENT + max(0, rest - SEGMENT_OVERHEAD)
+
+
+def _seals_to_itself(keys: NodeKeys) -> bool:
+    """True when the public key is the secret's own: a header sealed with it opens again."""
+    packets = list(c4gh_header.encrypt(c4gh_header.make_packet_data_enc(0, bytes(32)), keys.sealing))
+    header = c4gh_header.serialize(packets)
+    try:
+        c4gh_header.deconstruct(io.BytesIO(header), keys.opening, sender_pubkey=keys.public)
+    except ValueError:
+        return False
+    return True
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

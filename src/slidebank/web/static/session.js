@@ -12,6 +12,13 @@ export function csrfHeaders() {
   return match ? { "X-CSRF-Token": decodeURIComponent(match[1]) } : {};
 }
 
+async function notices() {
+  // Decisions on one's requests, and requests to decide for DAC members.
+  const items = await (await fetch("/api/notifications")).json();
+  const list = element("ul", { id: "notices" }, ...items.slice().reverse().map((n) => element("li", {}, n.message)));
+  return element("details", { class: "notices" }, element("summary", {}, `Notices (${items.length})`), list);
+}
+
 export async function showAccount(onChange) {
   const corner = document.querySelector("#account");
   const me = await (await fetch("/api/me")).json();
@@ -22,7 +29,8 @@ export async function showAccount(onChange) {
       await showAccount(onChange);
       onChange?.();
     });
-    corner.replaceChildren(element("span", { id: "who" }, `${me.name} (${me.role.replace("_", " ")})`), logout);
+    corner.replaceChildren(element("span", { id: "who" }, `${me.name} (${me.role.replace("_", " ")})`),
+      await notices(), logout);
     return me;
   }
   const form = element("form", { id: "login" },
