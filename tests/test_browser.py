@@ -35,7 +35,11 @@ def site(tmp_path_factory: pytest.TempPathFactory, aperio_slide, generic_slide) 
     run_cli("ingest", str(generic_slide.path), "--json", "--dataset", "lung", home=home, check=True)
     run_cli("users", "add", "sam", "--role", "data_steward", "--password-stdin", home=home, check=True,
             stdin=STEWARD_PASSWORD + "\n")
-    run_cli("datasets", "create", "private", "--policy", "controlled", "--steward", "sam", home=home, check=True)
+    for name, role in (("rob", "researcher"), ("dana", "dac_member")):
+        run_cli("users", "add", name, "--role", role, "--password-stdin", home=home, check=True,
+                stdin=STEWARD_PASSWORD + "\n")
+    run_cli("datasets", "create", "private", "--policy", "Controlled: tumour research only", "--steward", "sam",
+            "--committee", "dana", home=home, check=True)
     private = home.parent / "private.svs"
     run_cli("synth", str(private), "--width", "2400", "--height", "1800", home=home, check=True)
     run_cli("ingest", str(private), "--dataset", "private", "--json", home=home, check=True)
@@ -125,6 +129,41 @@ def test_logging_in_shows_the_datasets_one_stewards(site: tuple[str, str], brows
     page.click("#logout")  # the page reloads without the session: the private slide is gone
     page.wait_for_function("document.body.textContent.includes('No such slide')")
     page.close()
+
+
+def log_in(page, base: str, name: str) -> None:  # noqa: ANN001
+    page.goto(f"{base}/")
+    page.fill("#login input[name=name]", name)
+    page.fill("#login input[name=password]", STEWARD_PASSWORD)
+    page.click("#login button")
+    page.wait_for_selector("#who")
+
+
+def test_researcher_requests_access_and_the_dac_approves_in_the_app(site: tuple[str, str], browser) -> None:  # noqa: ANN001
+    base, _ = site
+    researcher = browser.new_context().new_page()
+    log_in(researcher, base, "rob")
+    researcher.wait_for_function("document.querySelectorAll('.card').length === 2")
+    private = researcher.locator("#access-panel li[data-dataset=private]")
+    assert "tumour research only" in private.inner_text()
+    private.locator("input[name=purpose]").fill("Train a tumour detector")
+    private.locator("button").click()
+    researcher.wait_for_function("document.querySelector('#access-panel li[data-dataset=private]')"
+                                 ".textContent.includes('access requested')")
+
+    committee = browser.new_context().new_page()
+    log_in(committee, base, "dana")
+    decision = committee.locator("#access-panel .decisions li").first
+    assert "rob → private: Train a tumour detector" in decision.inner_text()
+    decision.locator("button.approve").click()
+    committee.wait_for_function("!document.querySelector('#access-panel .decisions li')")
+
+    researcher.reload()
+    researcher.wait_for_function("document.querySelectorAll('.card').length === 3")
+    researcher.click(".notices summary")
+    assert "approved until" in researcher.locator("#notices").inner_text()
+    researcher.context.close()
+    committee.context.close()
 
 
 def test_unknown_slide_page_is_a_404(site: tuple[str, str], browser) -> None:  # noqa: ANN001

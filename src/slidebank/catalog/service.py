@@ -633,7 +633,7 @@ class Catalog:
         """Every dataset with its policy, owner and number of images."""
         counts = select(Image.dataset_id, func.count().label("images")).group_by(Image.dataset_id).subquery()
         statement = (
-            select(Dataset, Policy.alias, Organisation.alias, func.coalesce(counts.c.images, 0))
+            select(Dataset, Policy, Organisation.alias, func.coalesce(counts.c.images, 0))
             .join(Policy, Policy.id == Dataset.policy_id)
             .join(Organisation, Organisation.id == Dataset.organisation_id)
             .outerjoin(counts, counts.c.dataset_id == Dataset.id)
@@ -646,7 +646,9 @@ class Catalog:
                     "title": dataset.title,
                     "accession": dataset.accession,
                     "uuid": dataset.uuid,
-                    "policy": policy,
+                    "policy": policy.alias,
+                    "terms": policy.description,
+                    "data_use": [c.get("code") for c in policy.data_use or [] if isinstance(c, dict)],
                     "organisation": organisation,
                     "images": int(images),
                     "created_at": _iso(dataset.created_at),

@@ -13,6 +13,7 @@ compare `EncryptedFile.size` with the size recorded at ingest, and the SHA-256 w
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import io
@@ -27,6 +28,7 @@ from pathlib import Path
 from cachetools import LRUCache
 from crypt4gh import header as c4gh_header
 from crypt4gh import lib as c4gh_lib
+from crypt4gh import sodium as c4gh_sodium
 from crypt4gh.keys import c4gh as c4gh_keys
 from crypt4gh.keys import get_private_key, get_public_key
 
@@ -39,7 +41,7 @@ KEY_LOCK_FILE = "node-c4gh.lock"
 # Decrypted segments, shared by every open file of the process: neighbouring tiles share segments
 # and viewers come back to the same region, so this saves most decryptions while panning.
 SEGMENT_CACHE_BYTES = int(os.environ.get("SLIDEBANK_SEGMENT_CACHE_MB", "256")) * 1024 * 1024
-_segment_cache: LRUCache[tuple[bytes, int], bytes] = LRUCache(max(SEGMENT_CACHE_BYTES, 1), getsizeof=len)
+_segment_cache: LRUCache[tuple[bytes, int], bytes] = LRUCache(SEGMENT_CACHE_BYTES, getsizeof=len)
 _segment_lock = threading.Lock()
 
 
@@ -85,9 +87,8 @@ def generate_node_keys(folder: Path, passphrase: str | None = None) -> NodeKeys:
     os.close(secret_fd)
     public_tmp = Path(f"{secret_tmp}.pub")
     try:
-        c4gh_keys.generate(
-            secret_tmp, str(public_tmp), passphrase=passphrase.encode() if passphrase else None, comment=b"slidebank node"
-        )
+        secret = passphrase.encode() if passphrase else None
+        c4gh_keys.generate(secret_tmp, str(public_tmp), passphrase=secret, comment=b"slidebank node")
         for written in (secret_tmp, public_tmp):
             _fsync(Path(written))
         os.replace(public_tmp, public_path)
@@ -111,10 +112,9 @@ def load_node_keys(folder: Path, passphrase: str | None = None) -> NodeKeys:
         raise NodeKeyError(f"cannot read {secret_path}: wrong or missing passphrase, or a damaged file") from error
     except (ValueError, NotImplementedError) as error:
         raise NodeKeyError(f"cannot read the node key files in {folder}: {error}") from error
-    keys = NodeKeys(secret, public)
-    if not _seals_to_itself(keys):
+    if c4gh_sodium.derive_pk(secret) != public:  # files would be sealed to a key we cannot open
         raise NodeKeyError(f"{PUBLIC_KEY_FILE} in {folder} is not the public half of {SECRET_KEY_FILE}")
-    return keys
+    return NodeKeys(secret, public)
 
 
 def node_keys(folder: Path, passphrase: str | None = None) -> NodeKeys:
@@ -166,21 +166,21 @@ class EncryptedFile:
         if offset >= end:
             return b""
         pieces = list(self._pieces(offset, end))
-        if len(pieces) == 1:
-            return bytes(pieces[0])
-        return b"".join(pieces)
+        return bytes(pieces[0]) if len(pieces) == 1 else b"".join(pieces)
 
-    def readinto(self, offset: int, buffer: memoryview) -> int:
+    def preadinto(self, offset: int, buffer: memoryview) -> int:
         """Fill `buffer` from `offset` without an intermediate copy; returns the bytes written."""
-        written = 0
-        for piece in self._pieces(offset, min(offset + len(buffer), self.size)):
+        written, end = 0, min(offset + len(buffer), self.size)
+        if offset >= end:
+            return 0
+        for piece in self._pieces(offset, end):
             buffer[written : written + len(piece)] = piece
             written += len(piece)
         return written
 
     def _pieces(self, offset: int, end: int) -> Iterator[memoryview]:
-        """The parts of each segment that fall within [offset, end)."""
-        for index in range(offset // SEGMENT, (end - 1) // SEGMENT + 1 if end > offset else 0):
+        """The parts of each segment that fall within [offset, end), offset < end."""
+        for index in range(offset // SEGMENT, (end - 1) // SEGMENT + 1):
             start = index * SEGMENT
             yield memoryview(self._segment(index))[max(offset - start, 0) : min(end - start, SEGMENT)]
 
@@ -242,13 +242,13 @@ class _PlaintextView(io.RawIOBase):
         bases = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._source.size}
         if whence not in bases:
             raise ValueError(f"invalid whence {whence}")
-        if bases[whence] + offset < 0:
-            raise ValueError(f"negative seek position {bases[whence] + offset}")
+        if bases[whence] + offset < 0:  # as a real file answers
+            raise OSError(errno.EINVAL, f"negative seek position {bases[whence] + offset}")
         self._position = bases[whence] + offset
         return self._position
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        count = self._source.readinto(self._position, memoryview(buffer).cast("B"))
+        count = self._source.preadinto(self._position, memoryview(buffer).cast("B"))
         self._position += count
         return count
 
@@ -276,17 +276,6 @@ def _plaintext_size(payload_size: int, name: str) -> int:
     if 0 < rest <= SEGMENT_OVERHEAD:  # crypt4gh never writes an empty segment: bytes were cut off
         raise EncryptedFileError(f"{name} is truncated ({rest} bytes after the last whole segment)")
     return full * SEGMENT + max(0, rest - SEGMENT_OVERHEAD)
-
-
-def _seals_to_itself(keys: NodeKeys) -> bool:
-    """True when the public key is the secret's own: a header sealed with it opens again."""
-    packets = list(c4gh_header.encrypt(c4gh_header.make_packet_data_enc(0, bytes(32)), keys.sealing))
-    header = c4gh_header.serialize(packets)
-    try:
-        c4gh_header.deconstruct(io.BytesIO(header), keys.opening, sender_pubkey=keys.public)
-    except ValueError:
-        return False
-    return True
 
 
 def _fsync(path: Path) -> None:

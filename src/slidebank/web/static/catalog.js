@@ -1,4 +1,5 @@
 // Catalog page: search box, facet filters with counts, thumbnail grid, paging — over /api/search.
+import { showAccessPanel } from "./access.js";
 import { showAccount } from "./session.js";
 
 const FACETS = ["dataset", "species", "organ", "stain", "vendor", "diagnosis"];
@@ -45,8 +46,7 @@ function showFacets(facets) {
       box.addEventListener("change", () => {
         box.checked ? state.selected[facet].add(value) : state.selected[facet].delete(value);
         state.offset = 0;
-        showAccount(() => { state.offset = 0; refresh(); });  // logging in or out changes what one may see
-refresh();
+        refresh();
       });
       fieldset.append(element("label", {}, box, value, element("span", { class: "count" }, String(count))));
     }
@@ -73,10 +73,14 @@ document.querySelector("#search").addEventListener("submit", (event) => {
   event.preventDefault();
   state.text = document.querySelector("#text").value.trim();
   state.offset = 0;
-  showAccount(() => { state.offset = 0; refresh(); });  // logging in or out changes what one may see
-refresh();
+  refresh();
 });
 document.querySelector("#previous").addEventListener("click", () => { state.offset -= PAGE_SIZE; refresh(); });
 document.querySelector("#next").addEventListener("click", () => { state.offset += PAGE_SIZE; refresh(); });
-showAccount(() => { state.offset = 0; refresh(); });  // logging in or out changes what one may see
-refresh();
+async function refreshAll() {  // logging in or out, or a decision, changes what one may see
+  const me = await showAccount(refreshAll);
+  await showAccessPanel(me, refreshAll);
+  state.offset = 0;
+  await refresh();
+}
+refreshAll();
