@@ -232,7 +232,8 @@ def test_browser_sessions_need_the_csrf_token_for_changes(site: Site) -> None:
         csrf = logged_in.json()["csrf"]
         assert browser.post("/api/access-requests", json=request, headers={"X-CSRF-Token": csrf}).status_code == 201
         browser.cookies.set("slidebank_session", cookie[:-2] + ("aa" if cookie[-2:] != "aa" else "bb"))
-        assert browser.get("/api/me").status_code == 401  # tampered
+        tampered = browser.get("/api/me")
+        assert tampered.status_code == 401 and "slidebank_session=;" in tampered.headers["set-cookie"]  # cleared
         browser.cookies.set("slidebank_session", cookie)
         logged_out = browser.delete("/api/session", headers={"X-CSRF-Token": csrf})
         assert logged_out.status_code == 200

@@ -72,6 +72,13 @@ def test_catalog_search_open_zoom_and_pan_a_slide(site: tuple[str, str], browser
     assert page.locator(".card").count() == 2  # the private dataset's slide is not shown to anonymous
     page.wait_for_function("[...document.querySelectorAll('.card img')].every(i => i.complete && i.naturalWidth > 0)")
     assert page.locator("fieldset[data-facet=dataset] .count").all_inner_texts() == ["1", "1"]
+    page.fill("#text", slide_id)
+    page.press("#text", "Enter")
+    page.wait_for_function("document.querySelectorAll('.card').length === 1")
+    assert page.locator(".card").get_attribute("data-slide-id") == slide_id
+    page.fill("#text", "")
+    page.press("#text", "Enter")
+    page.wait_for_function("document.querySelectorAll('.card').length === 2")
     page.locator("fieldset[data-facet=dataset] input[value=breast]").check()
     page.wait_for_function("document.querySelectorAll('.card').length === 1")
     assert page.locator(".card").get_attribute("data-slide-id") == slide_id
@@ -82,16 +89,22 @@ def test_catalog_search_open_zoom_and_pan_a_slide(site: tuple[str, str], browser
     page.wait_for_function("window.slidebankViewer && window.slidebankViewer.world.getItemCount() === 1 "
                            "&& window.slidebankViewer.world.getItemAt(0).getFullyLoaded()")
     whole_slide_levels = _levels(tiles)
-    page.keyboard.press("3")  # 20×
+    page.locator("button[data-magnification='20']").click()
     page.wait_for_function("document.querySelector('#magnification').textContent === '20.0×'")
+    center = "window.slidebankViewer.viewport.getCenter(true)"
+    start = page.evaluate(center)
+    page.keyboard.press("ArrowRight")  # steers the slide even though the 20× button has the focus
+    page.wait_for_function(f"{center}.x > {start['x']} + 0.005")
+    panned = page.evaluate(center)
     page.mouse.move(600, 450)
     page.mouse.down()
     page.mouse.move(350, 300, steps=8)
     page.mouse.up()
-    page.locator("#viewer").focus()
-    page.keyboard.press("ArrowRight")
+    page.wait_for_function(f"{center}.x > {panned['x']} + 0.01 && {center}.y > {panned['y']} + 0.01")
+    page.keyboard.press("4")
+    page.wait_for_function("document.querySelector('#magnification').textContent === '40.0×'")
     page.wait_for_function("window.slidebankViewer.world.getItemAt(0).getFullyLoaded()", timeout=15_000)
-    page.screenshot(path=ARTIFACTS / "viewer-20x.png")
+    page.screenshot(path=ARTIFACTS / "viewer-40x.png")
 
     assert tiles and all(status == 200 for _, status in tiles), [t for t in tiles if t[1] != 200]
     assert len(_levels(tiles)) > len(whole_slide_levels) >= 1, "zooming in must fetch finer levels"

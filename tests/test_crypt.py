@@ -33,6 +33,8 @@ from slidebank.storage.crypt import (
     generate_node_keys,
     load_node_keys,
     node_keys,
+    seal,
+    unseal,
 )
 
 MARKER = b"SLIDEBANK-PLAINTEXT-MARKER-32-B!"  # 32 distinctive bytes that must never reach the payload
@@ -130,6 +132,18 @@ def test_concurrent_readers_share_one_file(five_mb: tuple[Path, EncryptedFile]) 
         assert all(pool.map(reads, range(16)))
 
 
+def test_bad_reads_are_refused(tmp_path: Path, keys: NodeKeys) -> None:
+    payload, header = encrypted(tmp_path, os.urandom(SEGMENT), keys)
+    opened = EncryptedFile(payload, header, keys)
+    for offset, length in ((-1, 10), (0, -1)):
+        with pytest.raises(ValueError):
+            opened.pread(offset, length)
+    assert opened.pread(100, 10)
+    opened.close()
+    with pytest.raises(ValueError, match="closed"):  # not even from the segment cache
+        opened.pread(100, 10)
+
+
 def test_the_payload_holds_no_plaintext(tmp_path: Path, keys: NodeKeys) -> None:
     plaintext = bytearray(os.urandom(4 * SEGMENT))
     for at in (0, 1000, SEGMENT - 16, 3 * SEGMENT + 5):  # the third one straddles a segment boundary
@@ -203,6 +217,22 @@ def test_without_its_header_the_payload_is_unreadable(tmp_path: Path, keys: Node
             EncryptedFile(payload, shredded, keys)
     with open(payload, "rb") as stored, pytest.raises(ValueError):  # not a crypt4gh file without its header
         c4gh_lib.decrypt(keys.opening, stored, io.BytesIO())
+
+
+def test_sealed_data_opens_only_with_the_node_that_sealed_it(tmp_path: Path, keys: NodeKeys) -> None:
+    sealed = seal(MARKER, keys)
+    assert MARKER not in sealed and unseal(sealed, keys) == MARKER
+    stranger = node_keys(tmp_path / "stranger")
+    with pytest.raises(EncryptedFileError):
+        unseal(sealed, stranger)
+    forged = io.BytesIO()  # sealed to the node by someone who knows only its public key
+    c4gh_lib.encrypt([(0, stranger.secret, keys.public)], io.BytesIO(MARKER), forged)
+    with pytest.raises(EncryptedFileError):
+        unseal(forged.getvalue(), keys)
+    tampered = bytearray(sealed)
+    tampered[-1] ^= 0x01
+    with pytest.raises(EncryptedFileError):
+        unseal(bytes(tampered), keys)
 
 
 def test_node_keys_are_protected(tmp_path: Path) -> None:

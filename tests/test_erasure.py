@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import httpx
+import pytest
 from conftest import json_lines, run_cli, running_server
 
 
@@ -74,3 +75,26 @@ def test_data_steward_erases_over_http_and_others_cannot(tmp_path: Path, generic
         assert done.status_code == 200 and done.json()["images"] == 1
         assert httpx.get(f"{base}/api/slides/{slide['slide_id']}", headers=steward).status_code == 404
         assert httpx.get(f"{base}/slides/{slide['slide_id']}_files/0/0_0.jpeg", headers=steward).status_code == 404
+
+
+def test_pseudonym_map_is_kept_only_when_configured_and_only_encrypted(
+    tmp_path: Path, generic_slide, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
+) -> None:
+    home = tmp_path / "node"
+    run_cli("init", home=home, check=True)
+    (tmp_path / "a").mkdir()
+    first = ingest_for(home, generic_slide.path, "MRN-55501234", tmp_path / "a")
+    assert run_cli("pseudonyms", "reveal", first["subject"], home=home).returncode != 0  # not kept by default
+
+    monkeypatch.setenv("SLIDEBANK_KEEP_PSEUDONYM_MAP", "1")
+    (tmp_path / "b").mkdir()
+    copy = tmp_path / "other.tiff"
+    shutil.copy(generic_slide.path, copy)
+    with open(copy, "ab") as handle:  # other bytes, so not a duplicate; readers ignore the tail
+        handle.write(b"\0" * 16)
+    kept = ingest_for(home, copy, "MRN-55509999", tmp_path / "b")
+    revealed = run_cli("pseudonyms", "reveal", kept["subject"], home=home, check=True).stdout.strip()
+    assert revealed == "MRN-55509999"
+    assert b"MRN-5550" not in (home / "catalog.sqlite").read_bytes(), "identifiers are stored sealed"
+    run_cli("erase", "--subject", kept["subject"], home=home, check=True)
+    assert run_cli("pseudonyms", "reveal", kept["subject"], home=home).returncode != 0  # erased with the subject

@@ -28,6 +28,7 @@ def erase_subject(node: Node, pseudonym: str, requested_by: str) -> ErasureRepor
     """Erase everything of the subject known here by `pseudonym` (e.g. "SUBJ-3f2a…")."""
     with node.ingest_lock():  # no ingest may register a blob we are about to delete
         erased = node.catalog.erase_subject(pseudonym)
+        node.access.forget_pseudonym(pseudonym)  # the way back goes first: nothing may re-identify
         still_used = node.catalog.referenced_blobs()
         deleted = 0
         for sha256 in sorted(erased.blobs - still_used):

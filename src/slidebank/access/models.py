@@ -16,6 +16,7 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -182,3 +183,16 @@ class Erasure(Base):
     images: Mapped[int] = mapped_column(Integer)
     blobs_deleted: Mapped[int] = mapped_column(Integer)
     slide_ids_sha256: Mapped[str] = mapped_column(String(SHA256_LENGTH))
+
+
+class PseudonymEntry(Base):
+    """The way back from a pseudonym to the submitter's identifier, kept only where the node is
+    configured to (SLIDEBANK_KEEP_PSEUDONYM_MAP=1), and then only encrypted to the node key."""
+
+    __tablename__ = "pseudonym_map"
+    __table_args__ = (UniqueConstraint("pseudonym"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pseudonym: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    sealed_identifier: Mapped[bytes] = mapped_column(LargeBinary)  # a crypt4gh message to the node key
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -18,7 +18,7 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session
 
 from slidebank.access.models import (
@@ -29,12 +29,14 @@ from slidebank.access.models import (
     DatasetSteward,
     Grant,
     Notification,
+    PseudonymEntry,
     User,
 )
 from slidebank.access.oidc import Identity
 from slidebank.catalog.database import WRITE_OPTIONS, session_factory
 from slidebank.catalog.models import Dataset, Organisation, Policy
 from slidebank.catalog.service import NO_RESTRICTION
+from slidebank.storage.crypt import NodeKeys, seal, unseal
 
 TOKEN_PREFIX = "sbk_"
 NAME_LIMIT = 128
@@ -292,6 +294,26 @@ class Access:
             rows = session.scalars(select(Notification).where(Notification.user_id == principal.user_id)
                                    .order_by(Notification.id))
             return [{"message": n.message, "at": n.created_at.isoformat()} for n in rows]
+
+    # --- the optional way back from pseudonyms --------------------------------------------------
+
+    def remember_pseudonym(self, pseudonym: str, identifier: str, keys: NodeKeys) -> None:
+        """Keep `identifier` sealed to the node key (only where the node is configured to)."""
+        with self.writing() as session:
+            if session.scalar(select(PseudonymEntry.id).where(PseudonymEntry.pseudonym == pseudonym)) is None:
+                session.add(PseudonymEntry(pseudonym=pseudonym, sealed_identifier=seal(identifier.encode(), keys)))
+
+    def reveal_pseudonym(self, pseudonym: str, keys: NodeKeys) -> str:
+        with self._read() as session:
+            sealed = session.scalar(select(PseudonymEntry.sealed_identifier)
+                                    .where(PseudonymEntry.pseudonym == pseudonym))
+        if sealed is None:
+            raise AccessError(f"no way back is kept for {pseudonym!r}")
+        return unseal(sealed, keys).decode()
+
+    def forget_pseudonym(self, pseudonym: str) -> None:
+        with self.writing() as session:
+            session.execute(delete(PseudonymEntry).where(PseudonymEntry.pseudonym == pseudonym))
 
     # --- internals -----------------------------------------------------------------------------
 

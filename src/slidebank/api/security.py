@@ -86,9 +86,11 @@ class Gatekeeper:
         return principal
 
     def _session_principal(self, cookie: str, method: str, csrf_header: str | None) -> Principal:
+        ended = HTTPException(401, "your session has ended; log in again",
+                              headers={"Set-Cookie": f"{SESSION_COOKIE}=; Max-Age=0; Path=/; HttpOnly; SameSite=Strict"})
         session = self.sessions.read(cookie)
         if session is None:
-            raise HTTPException(401, "your session has ended; log in again")
+            raise ended
         if method in UNSAFE_METHODS and not (csrf_header and hmac.compare_digest(csrf_header, session["csrf"])):
             raise HTTPException(403, "missing or wrong CSRF token")
 
@@ -100,7 +102,7 @@ class Gatekeeper:
 
         principal = self._cached("session:" + cookie, load)
         if principal is None:
-            raise HTTPException(401, "your session has ended; log in again")
+            raise ended
         return principal
 
     def _resolve(self, token: str) -> Principal | None:

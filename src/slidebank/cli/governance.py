@@ -28,12 +28,13 @@ tokens_app = typer.Typer(help="API tokens (shown once, stored hashed).", no_args
 datasets_app = typer.Typer(help="Datasets and their policies.", no_args_is_help=True)
 access_app = typer.Typer(help="Access requests, decisions and grants.", no_args_is_help=True)
 audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
+pseudonyms_app = typer.Typer(help="The optional, encrypted way back from pseudonyms.", no_args_is_help=True)
 OPERATOR = "operator"
 
 
 def register_governance_commands(app: typer.Typer) -> None:
     for sub, name in ((users_app, "users"), (tokens_app, "tokens"), (datasets_app, "datasets"),
-                      (access_app, "access"), (audit_app, "audit")):
+                      (access_app, "access"), (audit_app, "audit"), (pseudonyms_app, "pseudonyms")):
         app.add_typer(sub, name=name)
     app.command("erase")(erase)
 
@@ -269,3 +270,12 @@ def erase(
         print_json(report.to_json())
     else:
         console.print(f"erased {report.images} image(s), deleted {report.blobs_deleted} stored file(s)")
+
+
+@pseudonyms_app.command("reveal")
+def pseudonyms_reveal(pseudonym: str, home: HomeOption = None) -> None:
+    """Print the submitter's identifier behind a pseudonym (only on nodes that keep the map)."""
+    node = open_node(home)
+    identifier = _run(lambda: node.access.reveal_pseudonym(pseudonym, node.keys))
+    node.audit.record(OPERATOR, "pseudonym.reveal", detail={"pseudonym": pseudonym})
+    typer.echo(identifier)

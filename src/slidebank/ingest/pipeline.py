@@ -255,6 +255,9 @@ def register_slide(node: Node, request: IngestRequest, prepared: IngestedSlide |
     seconds = float(prepared.provenance.get("seconds", 0.0))
     try:
         slide_id = node.catalog.register(prepared)
+        subject = request.description.subject
+        if subject and node.settings.keep_pseudonym_map and prepared.description.subject:
+            node.access.remember_pseudonym(prepared.description.subject, subject, node.keys)
     except DuplicateSourceError as duplicate:
         _discard_blobs(node, prepared)
         return IngestOutcome(name, "duplicate", duplicate.slide_id, size=prepared.source_size)

@@ -32,12 +32,14 @@ class NodeSettings:
 
     home: Path
     database_url: str
+    keep_pseudonym_map: bool = False  # keep submitters' identifiers, sealed to the node key
 
     @classmethod
     def from_environment(cls, home: Path | None = None) -> NodeSettings:
         home = Path(home or os.environ.get("SLIDEBANK_HOME", "slidebank-data")).absolute()
         url = os.environ.get("SLIDEBANK_DATABASE_URL") or f"sqlite:///{home / 'catalog.sqlite'}"
-        return cls(home=home, database_url=url)
+        keep = os.environ.get("SLIDEBANK_KEEP_PSEUDONYM_MAP", "").lower() in ("1", "true", "yes")
+        return cls(home=home, database_url=url, keep_pseudonym_map=keep)
 
 
 class Node:

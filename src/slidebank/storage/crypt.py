@@ -160,8 +160,8 @@ class EncryptedFile:
 
     def pread(self, offset: int, length: int) -> bytes:
         """Plaintext bytes [offset, offset + length), decrypting only the segments they lie in."""
-        if offset < 0 or length < 0:
-            raise ValueError(f"negative offset or length: {offset}, {length}")
+        if length < 0:
+            raise ValueError(f"negative length {length}")
         end = min(offset + length, self.size)
         if offset >= end:
             return b""
@@ -180,6 +180,8 @@ class EncryptedFile:
 
     def _pieces(self, offset: int, end: int) -> Iterator[memoryview]:
         """The parts of each segment that fall within [offset, end), offset < end."""
+        if offset < 0 or self._fd < 0:  # a closed file must not go on answering from the cache
+            raise ValueError(f"read at {offset} of {self.path.name}: negative offset or closed file")
         for index in range(offset // SEGMENT, (end - 1) // SEGMENT + 1):
             start = index * SEGMENT
             yield memoryview(self._segment(index))[max(offset - start, 0) : min(end - start, SEGMENT)]
@@ -294,3 +296,19 @@ def _exclusive_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def seal(data: bytes, keys: NodeKeys) -> bytes:
+    """A small crypt4gh message (header + one segment) only the node key opens."""
+    out = io.BytesIO()
+    c4gh_lib.encrypt(keys.sealing, io.BytesIO(data), out)
+    return out.getvalue()
+
+
+def unseal(message: bytes, keys: NodeKeys) -> bytes:
+    out = io.BytesIO()
+    try:
+        c4gh_lib.decrypt(keys.opening, io.BytesIO(message), out, sender_pubkey=keys.public)  # sealed by this node
+    except Exception as error:  # noqa: BLE001 - crypt4gh raises several kinds
+        raise EncryptedFileError(f"cannot open sealed data: {error}") from error
+    return out.getvalue()

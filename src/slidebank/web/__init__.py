@@ -22,6 +22,10 @@ PAGES = Path(__file__).parent / "pages"
 def mount_web(app: FastAPI, gatekeeper: Gatekeeper) -> None:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> FileResponse:  # browsers ask for it on every page; SVG is fine under this name
+        return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
+
     @app.get("/", response_class=FileResponse, include_in_schema=False)
     def catalog_page() -> FileResponse:
         return FileResponse(PAGES / "catalog.html", media_type="text/html")
