@@ -23,7 +23,7 @@ from slidebank.catalog.service import Catalog
 from slidebank.slides.inspect import Limits
 from slidebank.storage import LocalBlobStore
 from slidebank.storage.blobstore import BlobFile
-from slidebank.storage.crypt import NodeKeys, node_keys
+from slidebank.storage.crypt import EncryptedFileError, NodeKeys, node_keys
 
 
 @dataclass(frozen=True)
@@ -77,8 +77,16 @@ class Node:
         return node_keys(self.settings.home)
 
     def open_blob(self, stored: StoredFile) -> BlobFile:
-        """A stored file's plaintext, decrypted on read."""
-        return self.store.open_blob(stored.sha256, stored.key_header, self.keys)
+        """A stored file's plaintext, decrypted on read.
+
+        Segments authenticate their own bytes, not their place: a payload cut at a segment boundary
+        would still decrypt, so its size is checked against the catalog's.
+        """
+        blob = self.store.open_blob(stored.sha256, stored.key_header, self.keys)
+        if blob.size != stored.size:
+            blob.close()
+            raise EncryptedFileError(f"stored file {stored.sha256[:12]} is {blob.size} bytes, expected {stored.size}")
+        return blob
 
     @contextmanager
     def ingest_lock(self) -> Iterator[None]:

@@ -27,7 +27,7 @@ export async function showAccessPanel(me, onChange) {
   const list = element("ul", { class: "datasets" });
   for (const dataset of datasets) {
     const item = element("li", { "data-dataset": dataset.name },
-      element("strong", {}, dataset.name), ` · ${dataset.images} slides`,
+      element("strong", {}, dataset.name), ` · ${dataset.images} slide${dataset.images === 1 ? "" : "s"}`,
       element("div", { class: "muted" }, dataset.terms || dataset.policy));
     const open = readable === null || readable.has(dataset.name);
     if (me.role && !open) {
