@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from slidebank.storage.crypt import EncryptedFile, NodeKeys, encrypt_file
+from slidebank.storage.crypt import EncryptedFile, NodeKeys, encrypt_file, fsync_path
 
 CHUNK_SIZE = 4 * 1024 * 1024
 
@@ -93,14 +93,6 @@ def sha256_file(path: Path, chunk_size: int = CHUNK_SIZE) -> BlobRef:
     return BlobRef(digest.hexdigest(), size)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class LocalBlobStore:
     """Blobs on local disk under `root/objects/ab/cd/<sha256>`, staging under `root/staging`."""
 
@@ -148,7 +140,7 @@ class LocalBlobStore:
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
         os.replace(path, target)
-        _fsync_dir(target.parent)
+        fsync_path(target.parent)
         return BlobRef(ref.sha256, ref.size, header)
 
     def open_blob(self, sha256: str, key_header: bytes | None, keys: NodeKeys) -> BlobFile:

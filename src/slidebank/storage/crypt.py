@@ -90,10 +90,10 @@ def generate_node_keys(folder: Path, passphrase: str | None = None) -> NodeKeys:
         secret = passphrase.encode() if passphrase else None
         c4gh_keys.generate(secret_tmp, str(public_tmp), passphrase=secret, comment=b"slidebank node")
         for written in (secret_tmp, public_tmp):
-            _fsync(Path(written))
+            fsync_path(Path(written))
         os.replace(public_tmp, public_path)
         os.replace(secret_tmp, secret_path)
-        _fsync(folder)
+        fsync_path(folder)
     finally:
         for leftover in (Path(secret_tmp), public_tmp):
             leftover.unlink(missing_ok=True)
@@ -280,7 +280,8 @@ def _plaintext_size(payload_size: int, name: str) -> int:
     return full * SEGMENT + max(0, rest - SEGMENT_OVERHEAD)
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Make a file's (or a directory's entries') writes durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
