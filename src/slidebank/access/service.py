@@ -33,6 +33,7 @@ from slidebank.access.models import (
     User,
 )
 from slidebank.access.oidc import Identity
+from slidebank.audit.log import AuditLog
 from slidebank.catalog.database import WRITE_OPTIONS, session_factory
 from slidebank.catalog.models import Dataset, Organisation, Policy
 from slidebank.catalog.service import NO_RESTRICTION
@@ -77,7 +78,8 @@ def token_digest(token: str) -> str:
 
 
 class Access:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, audit: AuditLog) -> None:
+        self._audit = audit  # requests and decisions are recorded here, whichever front end made them
         self._read = session_factory(engine)
         self._write = session_factory(engine.execution_options(**WRITE_OPTIONS))
 
@@ -194,7 +196,7 @@ class Access:
             existing = session.scalar(select(Dataset).where(Dataset.alias == name))
             if existing is not None and exist_ok:
                 return {"name": name, "policy": existing.policy.description, "existed": True,
-                        "duo": [c.get("code") for c in existing.policy.data_use or [] if isinstance(c, dict)],
+                        "duo": existing.policy.codes,
                         "open": self._is_open(existing.policy)}
             if existing is not None:
                 raise AccessError(f"dataset {name!r} exists already")
@@ -235,7 +237,9 @@ class Access:
                 session.add(Notification(user_id=member.user_id,
                                          message=f"{user.name} asks for access to {dataset}: {purpose.strip()}"))
             session.flush()
-            return request.uuid
+            request_id = request.uuid
+        self._audit.record(user_name, "access.request", dataset=dataset, detail={"request": request_id})
+        return request_id
 
     def approve(self, request_uuid: str, decider: Principal, expires: date) -> str:
         if expires <= datetime.now(UTC).date():
@@ -250,7 +254,10 @@ class Access:
             session.add(Notification(user_id=request.user_id,
                                      message=f"Access to {request.dataset.alias} approved until {expires.isoformat()}"))
             session.flush()
-            return grant.uuid
+            grant_id = grant.uuid
+        self._audit.record(decider.name, "access.approve",
+                           detail={"request": request_uuid, "grant": grant_id, "expires": expires.isoformat()})
+        return grant_id
 
     def reject(self, request_uuid: str, decider: Principal, reason: str) -> None:
         if not reason.strip():
@@ -261,6 +268,7 @@ class Access:
             request.decided_by_id, request.decided_at = decider.user_id, datetime.now(UTC)
             session.add(Notification(user_id=request.user_id,
                                      message=f"Access to {request.dataset.alias} rejected: {reason.strip()}"))
+        self._audit.record(decider.name, "access.reject", detail={"request": request_uuid, "reason": reason})
 
     def revoke(self, grant_or_request_uuid: str, decider: Principal) -> str:
         """Revoke a grant (or the grant of an approved request); returns the grant's uuid."""
@@ -280,7 +288,9 @@ class Access:
                     if request is not None:
                         request.status = "revoked"
                 session.add(Notification(user_id=grant.user_id, message=f"Access to {grant.dataset.alias} revoked"))
-            return grant.uuid
+            grant_id = grant.uuid
+        self._audit.record(decider.name, "access.revoke", detail={"grant": grant_id})
+        return grant_id
 
     def requests(self, principal: Principal) -> list[dict]:
         """The requests a principal filed, and those it decides on."""
@@ -342,8 +352,7 @@ class Access:
     @staticmethod
     def _is_open(policy: Policy) -> bool:
         """Open data: the policy carries GA4GH DUO "no restriction" (NRES)."""
-        codes = {c.get("code") if isinstance(c, dict) else c for c in policy.data_use or []}
-        return NO_RESTRICTION["code"] in codes
+        return NO_RESTRICTION["code"] in policy.codes
 
     def _pending(self, session: Session, request_uuid: str, decider: Principal) -> AccessRequest:
         request = session.scalar(select(AccessRequest).where(AccessRequest.uuid == request_uuid))

@@ -81,7 +81,6 @@ def access_routes(node: Node, gatekeeper: Gatekeeper) -> APIRouter:
     @router.post("/api/access-requests", status_code=201, summary="Ask a dataset's committee for access")
     def file_request(body: NewRequest, caller: Principal = Depends(user)) -> dict:
         request_id = node.access.request_access(caller.name, body.dataset, body.purpose, body.project)
-        node.audit.record(caller.name, "access.request", dataset=body.dataset, detail={"request": request_id})
         return {"id": request_id, "status": "pending"}
 
     @router.get("/api/access-requests", summary="Requests the caller filed or decides on")
@@ -91,21 +90,17 @@ def access_routes(node: Node, gatekeeper: Gatekeeper) -> APIRouter:
     @router.post("/api/access-requests/{request_id}/approve", summary="Approve, with an expiry date")
     def approve(request_id: str, body: Approval, caller: Principal = Depends(user)) -> dict:
         grant = node.access.approve(request_id, caller, body.expires)
-        node.audit.record(caller.name, "access.approve", detail={"request": request_id, "grant": grant,
-                                                                  "expires": body.expires.isoformat()})
         gatekeeper.forget()
         return {"grant": grant, "expires": body.expires.isoformat()}
 
     @router.post("/api/access-requests/{request_id}/reject", summary="Reject, with a reason")
     def reject(request_id: str, body: Rejection, caller: Principal = Depends(user)) -> dict:
         node.access.reject(request_id, caller, body.reason)
-        node.audit.record(caller.name, "access.reject", detail={"request": request_id, "reason": body.reason})
         return {"id": request_id, "status": "rejected"}
 
     @router.post("/api/grants/{grant_id}/revoke", summary="Revoke a grant (or an approved request's grant)")
     def revoke(grant_id: str, caller: Principal = Depends(user)) -> dict:
         grant = node.access.revoke(grant_id, caller)
-        node.audit.record(caller.name, "access.revoke", detail={"grant": grant})
         gatekeeper.forget()
         return {"grant": grant, "status": "revoked"}
 

@@ -145,7 +145,6 @@ def access_request(
     """File an access request for a user; prints the request id."""
     node = open_node(home)
     request_id = _run(lambda: node.access.request_access(user, dataset, purpose, project))
-    node.audit.record(user, "access.request", dataset=dataset, detail={"request": request_id})
     print_json({"id": request_id, "status": "pending"}) if as_json else typer.echo(request_id)
 
 
@@ -166,7 +165,6 @@ def access_approve(
         return
     decider = _run(lambda: _decider(node, acting_as))
     grant = _run(lambda: node.access.approve(request_id, decider, until))
-    node.audit.record(decider.name, "access.approve", detail={"request": request_id, "grant": grant, "expires": expires})
     print_json({"grant": grant, "expires": expires}) if as_json else typer.echo(grant)
 
 
@@ -182,7 +180,6 @@ def access_reject(
     node = open_node(home)
     decider = _run(lambda: _decider(node, acting_as))
     _run(lambda: node.access.reject(request_id, decider, reason))
-    node.audit.record(decider.name, "access.reject", detail={"request": request_id, "reason": reason})
     print_json({"id": request_id, "status": "rejected"}) if as_json else console.print("rejected")
 
 
@@ -197,7 +194,6 @@ def access_revoke(
     node = open_node(home)
     decider = _run(lambda: _decider(node, acting_as))
     grant = _run(lambda: node.access.revoke(grant_or_request_id, decider))
-    node.audit.record(decider.name, "access.revoke", detail={"grant": grant})
     print_json({"grant": grant, "status": "revoked"}) if as_json else console.print(f"revoked {grant}")
 
 

@@ -52,8 +52,8 @@ class Node:
         if migrate:
             upgrade_schema(self.engine)
         self.catalog = Catalog(self.engine)
-        self.access = Access(self.engine)
         self.audit = AuditLog(self.engine)
+        self.access = Access(self.engine, self.audit)
         self.store = LocalBlobStore(settings.home / "store")
         self.limits = Limits()
 
