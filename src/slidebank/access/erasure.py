@@ -35,11 +35,12 @@ def erase_subject(node: Node, pseudonym: str, requested_by: str) -> ErasureRepor
             node.store.delete(sha256)
             deleted += 1
     slide_digest = hashlib.sha256("\n".join(sorted(erased.slide_ids)).encode()).hexdigest()
+    subject_digest = hashlib.sha256(pseudonym.encode()).hexdigest()
     with node.access.writing() as session:
-        session.add(Erasure(subject_sha256=hashlib.sha256(pseudonym.encode()).hexdigest(), requested_by=requested_by,
+        session.add(Erasure(subject_sha256=subject_digest, requested_by=requested_by,
                             images=len(erased.slide_ids), blobs_deleted=deleted, slide_ids_sha256=slide_digest))
     for dataset in erased.datasets or (None,):
         node.audit.record(requested_by, "subject.erase", dataset=dataset,
                           detail={"images": len(erased.slide_ids), "blobs_deleted": deleted,
-                                  "subject_sha256": hashlib.sha256(pseudonym.encode()).hexdigest()})
+                                  "subject_sha256": subject_digest})
     return ErasureReport(len(erased.slide_ids), deleted, erased.datasets)

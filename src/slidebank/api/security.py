@@ -85,6 +85,13 @@ class Gatekeeper:
             raise HTTPException(401, "invalid, expired or revoked token", headers={"WWW-Authenticate": "Bearer"})
         return principal
 
+    def principal_for_request(self, request: Request) -> Principal:
+        """The caller of an HTTP request (bearer token, session cookie, or anonymous)."""
+        return self.principal_from_header(
+            request.headers.get("authorization"), request.cookies.get(SESSION_COOKIE), request.method,
+            request.headers.get(CSRF_HEADER),
+        )
+
     def _session_principal(self, cookie: str, method: str, csrf_header: str | None) -> Principal:
         ended = HTTPException(401, "your session has ended; log in again",
                               headers={"Set-Cookie": f"{SESSION_COOKIE}=; Max-Age=0; Path=/; HttpOnly; SameSite=Strict"})
@@ -152,10 +159,7 @@ def principal_dependency(gatekeeper: Gatekeeper):  # noqa: ANN201 - a FastAPI de
     def current_principal(
         request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
     ) -> Principal:
-        return gatekeeper.principal_from_header(
-            request.headers.get("authorization"), request.cookies.get(SESSION_COOKIE), request.method,
-            request.headers.get(CSRF_HEADER),
-        )
+        return gatekeeper.principal_for_request(request)
 
     return current_principal
 

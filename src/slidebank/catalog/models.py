@@ -149,6 +149,11 @@ class Policy(CatalogObject, Base):
 
     datasets: Mapped[list[Dataset]] = relationship(back_populates="policy")
 
+    @property
+    def codes(self) -> list[str]:
+        """The data-use codes (e.g. "DUO:0000004"), whether stored as CodeType dicts or bare strings."""
+        return [c.get("code") if isinstance(c, dict) else c for c in self.data_use or []]
+
 
 class Dataset(CatalogObject, Base):
     """A group of images, annotations and observations under one policy (BP.dataset.xsd).

@@ -648,7 +648,7 @@ class Catalog:
                     "uuid": dataset.uuid,
                     "policy": policy.alias,
                     "terms": policy.description,
-                    "data_use": [c.get("code") for c in policy.data_use or [] if isinstance(c, dict)],
+                    "data_use": policy.codes,
                     "organisation": organisation,
                     "images": int(images),
                     "created_at": _iso(dataset.created_at),

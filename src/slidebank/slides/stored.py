@@ -30,11 +30,6 @@ def volume_files(node: Node, slide_id: str) -> list[StoredFile]:
     return files
 
 
-def volume_blobs(node: Node, slide_id: str) -> list[tuple[int, str]]:
-    """(level, sha256) of every DICOM file of a slide; LookupError if the slide is unknown."""
-    return [(f.level or 0, f.sha256) for f in volume_files(node, slide_id)]
-
-
 def open_volume_blobs(node: Node, slide_id: str) -> list[BlobFile]:
     return [node.open_blob(f) for f in volume_files(node, slide_id)]
 

@@ -71,8 +71,6 @@ class BlobStore(Protocol):
 
     def publish(self, path: Path) -> BlobRef: ...  # pragma: no cover
 
-    def open(self, sha256: str) -> BinaryIO: ...  # pragma: no cover
-
     def exists(self, sha256: str) -> bool: ...  # pragma: no cover
 
     def delete(self, sha256: str) -> None: ...  # pragma: no cover
@@ -147,9 +145,6 @@ class LocalBlobStore:
         """Random access to a stored blob's plaintext, decrypting only what is read."""
         path = self.blob_path(sha256)
         return EncryptedFile(path, key_header, keys) if key_header is not None else PlainFile(path)
-
-    def open(self, sha256: str) -> BinaryIO:
-        return open(self.blob_path(sha256), "rb")
 
     def exists(self, sha256: str) -> bool:
         return self.blob_path(sha256).is_file()

@@ -43,9 +43,10 @@ def dzi_xml(pyramid: SlidePyramid) -> str:
 
 def passes_through(pyramid: SlidePyramid, level: int, extension: str) -> bool:
     """Whether a tile of this level is a stored frame handed over as is (cheap enough to serve inline)."""
-    if FORMATS.get(extension) != "jpg" or not pyramid.stored_jpeg or not 0 <= level <= max_level(pyramid):
+    top = max_level(pyramid)
+    if FORMATS.get(extension) != "jpg" or not pyramid.stored_jpeg or not 0 <= level <= top:
         return False
-    return pyramid.stored_level(2 ** (max_level(pyramid) - level)) is not None
+    return pyramid.stored_level(2 ** (top - level)) is not None
 
 
 def deepzoom_tile(pyramid: SlidePyramid, level: int, col: int, row: int, extension: str) -> DeepZoomTile:

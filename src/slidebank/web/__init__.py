@@ -12,7 +12,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from slidebank.api.security import SESSION_COOKIE, Gatekeeper
+from slidebank.api.security import Gatekeeper
 from slidebank.tiles.service import SlideNotFound
 
 STATIC = Path(__file__).parent / "static"
@@ -33,10 +33,7 @@ def mount_web(app: FastAPI, gatekeeper: Gatekeeper) -> None:
     @app.get("/view/{slide_id}", response_class=FileResponse, response_model=None, include_in_schema=False)
     def viewer_page(slide_id: str, request: Request) -> FileResponse | HTMLResponse:
         try:
-            caller = gatekeeper.principal_from_header(
-                request.headers.get("authorization"), request.cookies.get(SESSION_COOKIE)
-            )
-            gatekeeper.slide_dataset(caller, slide_id)
+            gatekeeper.slide_dataset(gatekeeper.principal_for_request(request), slide_id)
         except (HTTPException, SlideNotFound):
             return HTMLResponse((PAGES / "not-found.html").read_text(), status_code=404)
         return FileResponse(PAGES / "viewer.html", media_type="text/html")
