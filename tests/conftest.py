@@ -17,6 +17,11 @@ import pytest
 
 from slidebank.node import Node, NodeSettings
 
+# Jobs (every ingest's QC) run on a Dask LocalCluster of threads in tests: the same scheduler, a
+# second to start instead of three; tests/test_jobs.py runs worker processes explicitly.
+os.environ.setdefault("SLIDEBANK_DASK_PROCESSES", "0")
+os.environ.setdefault("SLIDEBANK_DASK_WORKERS", "2")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_SLIDES = Path(os.environ.get("SLIDEBANK_SHARED_SLIDES", REPO.parent / "shared" / "slides"))
 SLIDEBANK_BIN = Path(sys.executable).with_name("slidebank")

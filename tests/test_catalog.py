@@ -20,6 +20,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 import slidebank.access.models  # noqa: F401  (governance tables are part of the schema)
+import slidebank.annotations.models  # noqa: F401
+import slidebank.jobs.models  # noqa: F401
 from slidebank.catalog.database import create_catalog_engine, upgrade_schema
 from slidebank.catalog.models import Base, BiologicalBeing, Case, Observation
 from slidebank.catalog.records import (
@@ -121,7 +123,7 @@ def test_migrations_create_exactly_the_models_schema(database_url: str) -> None:
         with engine.connect() as connection:
             context = MigrationContext.configure(connection, opts={"compare_type": True})
             assert compare_metadata(context, Base.metadata) == []
-            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
         names = set(inspect(engine).get_table_names())
         assert set(Base.metadata.tables) <= names
     finally:

@@ -21,6 +21,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session
 
+from slidebank.access import OPERATOR
 from slidebank.access.models import (
     ROLES,
     AccessRequest,
@@ -180,6 +181,28 @@ class Access:
             if user.disabled:
                 raise NotAllowed("this account is disabled")
             return self._principal(session, user)
+
+    def principal_for_requester(self, name: str) -> Principal | None:
+        """Who a job runs as: the node's operator (the command line on the node, reads everything)
+        or a user, with their grants as they are *now*; None for an unknown or disabled user."""
+        if name == OPERATOR:
+            return Principal(OPERATOR, "administrator", None, None)
+        try:
+            return self.principal_for_user(name)
+        except AccessError:
+            return None
+
+    def notify_stewards(self, dataset: str, message: str) -> int:
+        """A notice to each data steward of a dataset (or, with none, each administrator)."""
+        with self.writing() as session:
+            users = list(session.scalars(
+                select(DatasetSteward.user_id).join(Dataset, Dataset.id == DatasetSteward.dataset_id)
+                .where(Dataset.alias == dataset)))
+            if not users:
+                users = list(session.scalars(select(User.id).where(User.role == "administrator")))
+            for user_id in users:
+                session.add(Notification(user_id=user_id, message=message))
+            return len(users)
 
     def anonymous(self) -> Principal:
         with self._read() as session:

@@ -11,9 +11,11 @@ from fastapi import FastAPI
 from slidebank import __version__
 from slidebank.access.oidc import OidcVerifier
 from slidebank.api.access import access_routes
+from slidebank.api.annotations import annotation_routes
 from slidebank.api.catalog import catalog_routes
 from slidebank.api.errors import install_error_handlers
 from slidebank.api.fastpath import DeepZoomFastPath
+from slidebank.api.processing import processing_routes
 from slidebank.api.security import Gatekeeper
 from slidebank.api.tiles import tile_routes
 from slidebank.node import Node
@@ -32,6 +34,8 @@ def create_app(node: Node | None = None) -> FastAPI:
     app.state.gatekeeper, app.state.tiles = gatekeeper, tiles
     app.include_router(catalog_routes(node, gatekeeper))
     app.include_router(access_routes(node, gatekeeper))
+    app.include_router(annotation_routes(node, gatekeeper))
+    app.include_router(processing_routes(node, gatekeeper))
     app.include_router(tile_routes(tiles, gatekeeper))
     install_error_handlers(app)
     app.add_middleware(DeepZoomFastPath, tiles=tiles, gatekeeper=gatekeeper)

@@ -10,7 +10,7 @@ from fastapi.responses import Response
 from slidebank.access.service import Principal
 from slidebank.api.security import Gatekeeper, principal_dependency
 from slidebank.api.tiles import SlideId
-from slidebank.catalog.service import SearchQuery
+from slidebank.catalog.service import CatalogError, FactCondition, SearchQuery
 from slidebank.node import Node
 from slidebank.slides.stored import read_thumbnail
 
@@ -62,13 +62,18 @@ def catalog_routes(node: Node, gatekeeper: Gatekeeper) -> APIRouter:
         vendor: Annotated[list[str] | None, Query()] = None,
         diagnosis: Annotated[list[str] | None, Query()] = None,
         text: Annotated[str | None, Query(max_length=200)] = None,
+        where: Annotated[str | None, Query(max_length=1000, description="e.g. qc.blur_fraction < 0.05")] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
         offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
     ) -> dict:
         visible = None if caller.readable is None else sorted(caller.readable)
+        try:
+            conditions = FactCondition.parse_all(where) if where else ()
+        except CatalogError as error:
+            raise HTTPException(400, str(error)) from None
         result = node.catalog.search(
             SearchQuery(
-                dataset=dataset, species=species, organ=organ, stain=stain, vendor=vendor,
+                where=conditions, dataset=dataset, species=species, organ=organ, stain=stain, vendor=vendor,
                 diagnosis=diagnosis, text=text, limit=limit, offset=offset, visible_datasets=visible,
             )
         )

@@ -8,6 +8,8 @@ from fastapi.responses import JSONResponse
 from iiif.error import IIIFError
 
 from slidebank.access.service import AccessError, NotAllowed
+from slidebank.annotations.geojson import AnnotationError
+from slidebank.annotations.service import AnnotationNotFound, NotAuthor
 from slidebank.api.tiles import (
     CORS,  # IIIF clients must be able to read error answers too
 )
@@ -37,7 +39,18 @@ def _access_error(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(error)}, status_code=403 if isinstance(error, NotAllowed) else 400)
 
 
+def _bad_value(request: Request, error: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(error)}, status_code=400)
+
+
+def _forbidden(request: Request, error: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(error)}, status_code=403)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(AnnotationError, _bad_value)
+    app.add_exception_handler(AnnotationNotFound, _not_found)
+    app.add_exception_handler(NotAuthor, _forbidden)
     app.add_exception_handler(AccessError, _access_error)
     app.add_exception_handler(SlideNotFound, _not_found)
     app.add_exception_handler(TileNotFound, _not_found)

@@ -457,6 +457,24 @@ class Annotation(CatalogObject, Base):
     image: Mapped[Image] = relationship(back_populates="annotations")
 
 
+class SlideFact(Base):
+    """A slide-level number (or word) an algorithm measured, e.g. `qc.blur_fraction`; searchable.
+
+    One row per (image, name) with the latest value; `job_id` names the run that wrote it (provenance).
+    """
+
+    __tablename__ = "slide_facts"
+    __table_args__ = (UniqueConstraint("image_id", "name"), Index("ix_slide_facts_name_value", "name", "value"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(128))
+    value: Mapped[float | None] = mapped_column(Float)
+    text: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 # --- observations -----------------------------------------------------------------------------
 
 
@@ -555,6 +573,7 @@ __all__ = [
     "Organisation",
     "Policy",
     "Slide",
+    "SlideFact",
     "Specimen",
     "Staining",
     "block_specimens",

@@ -53,6 +53,7 @@ from slidebank.catalog.models import (
     Organisation,
     Policy,
     Slide,
+    SlideFact,
     Specimen,
     Staining,
     block_specimens,
@@ -118,6 +119,51 @@ class SlideIdTakenError(CatalogError):
         super().__init__(f"slide id {slide_id!r} is already taken")
 
 
+FACT_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+FACT_CONDITION = re.compile(
+    r"^\s*(?P<name>[A-Za-z0-9_.]+)\s*(?P<op><=|>=|!=|=|<|>)\s*(?P<value>'[^']*'|\"[^\"]*\"|[-+0-9.eE]+)\s*$"
+)
+FACT_OPERATORS = ("<", "<=", "=", "!=", ">=", ">")
+
+
+@dataclass(frozen=True)
+class FactCondition:
+    """One test on a slide-level fact, e.g. `qc.blur_fraction < 0.05` or `qc.flags = ''`."""
+
+    name: str
+    op: str
+    value: float | str
+
+    @classmethod
+    def parse_all(cls, text: str) -> tuple[FactCondition, ...]:
+        """Conditions joined by `and`; CatalogError with the offending part when one is malformed."""
+        conditions = []
+        for part in re.split(r"\s+and\s+", text.strip(), flags=re.IGNORECASE):
+            match = FACT_CONDITION.match(part)
+            if not match or not FACT_NAME.match(match["name"]):
+                raise CatalogError(f"cannot read condition {part!r}; write e.g. qc.blur_fraction < 0.05")
+            raw = match["value"]
+            if raw[0] in "'\"":
+                if match["op"] not in ("=", "!="):
+                    raise CatalogError(f"text can only be compared with = or != in {part!r}")
+                value: float | str = raw[1:-1]
+            else:
+                try:
+                    value = float(raw)
+                except ValueError:
+                    raise CatalogError(f"{raw!r} is not a number in {part!r}") from None
+            conditions.append(cls(match["name"], match["op"], value))
+        return tuple(conditions)
+
+    def clause(self) -> ColumnElement[bool]:
+        column = SlideFact.text if isinstance(self.value, str) else SlideFact.value
+        test = {
+            "<": column < self.value, "<=": column <= self.value, "=": column == self.value,
+            "!=": column != self.value, ">=": column >= self.value, ">": column > self.value,
+        }[self.op]
+        return Image.id.in_(select(SlideFact.image_id).where(SlideFact.name == self.name, test))
+
+
 @dataclass(frozen=True)
 class SearchQuery:
     """Faceted search: OR within a facet, AND across facets; `text` matches id, alias and diagnosis.
@@ -133,6 +179,7 @@ class SearchQuery:
     vendor: Sequence[str] | None = None
     diagnosis: Sequence[str] | None = None
     text: str | None = None
+    where: Sequence[FactCondition] = ()
     limit: int = 50
     offset: int = 0
     visible_datasets: Sequence[str] | None = None
@@ -718,7 +765,7 @@ class Catalog:
 
     @staticmethod
     def _common_conditions(query: SearchQuery) -> list[ColumnElement[bool]]:
-        conditions: list[ColumnElement[bool]] = []
+        conditions: list[ColumnElement[bool]] = [condition.clause() for condition in query.where]
         if query.visible_datasets is not None:
             visible = [clean_text(name) for name in query.visible_datasets]
             conditions.append(Image.dataset_id.in_(select(Dataset.id).where(Dataset.alias.in_(visible))))
@@ -782,6 +829,39 @@ class Catalog:
             for row in rows
         ]
 
+    # --- slide-level facts (QC and other algorithm results) -----------------------------------
+
+    def set_facts(self, slide_id: str, values: dict[str, float | str], job_id: int | None = None) -> None:
+        """Record (replace) named numbers or words about one slide, with the job that measured them."""
+        with self._write.begin() as session:
+            image_id = session.scalar(select(Image.id).where(Image.slide_id == slide_id))
+            if image_id is None:
+                raise LookupError(f"no slide {slide_id!r}")
+            if values:
+                session.execute(delete(SlideFact).where(SlideFact.image_id == image_id, SlideFact.name.in_(list(values))))
+            now = datetime.now(UTC)
+            for name, value in values.items():
+                if not FACT_NAME.match(name):
+                    raise CatalogError(f"fact names are dotted lower-case words, not {name!r}")
+                number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+                text = None if number is not None else str(value)[:MAX_FACET_VALUE]
+                session.add(SlideFact(image_id=image_id, name=name, value=number, text=text, job_id=job_id,
+                                      updated_at=now))
+
+    def facts(self, slide_id: str) -> dict[str, dict[str, float | str | None]]:
+        """{"qc": {"blur_fraction": 0.01, …}, "stain": {…}}: facts grouped by their first name part."""
+        with self._read() as session:
+            rows = session.execute(
+                select(SlideFact.name, SlideFact.value, SlideFact.text)
+                .join(Image, Image.id == SlideFact.image_id).where(Image.slide_id == slide_id)
+                .order_by(SlideFact.name)
+            ).all()
+        grouped: dict[str, dict[str, float | str | None]] = defaultdict(dict)
+        for name, value, text in rows:
+            namespace, _, key = name.partition(".")
+            grouped[namespace][key] = value if value is not None else text
+        return dict(grouped)
+
     # --- one slide in full --------------------------------------------------------------------
 
     def get_slide(self, slide_id: str) -> dict[str, Any] | None:
@@ -808,6 +888,7 @@ class Catalog:
             )
             if image is None:
                 return None
+            facts = self.facts(slide_id)
             summary = self._summaries(
                 session, session.execute(self._summary_select().where(Image.id == image.id)).all()
             )[0]
@@ -852,6 +933,8 @@ class Catalog:
                     for f in image.files
                 ],
                 "thumbnail_sha256": image.thumbnail_sha256,
+                "qc": facts.get("qc", {}),
+                "facts": facts,
                 # Biological context, as plain values…
                 "subject": being.alias if being else None,
                 "samples": {  # the MetaFleX chain above this image, by alias
@@ -951,6 +1034,7 @@ __all__ = [
     "Catalog",
     "CatalogError",
     "DuplicateSourceError",
+    "FactCondition",
     "SampleAliases",
     "SearchQuery",
     "SearchResult",

@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from slidebank.access import OPERATOR
 from slidebank.cli.common import (
     HomeOption,
     JsonOption,
@@ -29,7 +30,6 @@ datasets_app = typer.Typer(help="Datasets and their policies.", no_args_is_help=
 access_app = typer.Typer(help="Access requests, decisions and grants.", no_args_is_help=True)
 audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
 pseudonyms_app = typer.Typer(help="The optional, encrypted way back from pseudonyms.", no_args_is_help=True)
-OPERATOR = "operator"
 
 
 def register_governance_commands(app: typer.Typer) -> None:

@@ -33,12 +33,16 @@ from slidebank.cli.common import (
     open_node,
     print_json,
 )
+from slidebank.cli.annotations import annotations_app
 from slidebank.cli.governance import register_governance_commands
+from slidebank.cli.jobs import register_job_commands, run_queued_qc
 
 app = typer.Typer(help="Slidebank: collect, describe and share whole-slide images.", no_args_is_help=True)
 slides_app = typer.Typer(help="List and inspect stored slides.", no_args_is_help=True)
 app.add_typer(slides_app, name="slides")
+app.add_typer(annotations_app, name="annotations")
 register_governance_commands(app)
+register_job_commands(app)
 
 @app.command()
 def version() -> None:
@@ -70,10 +74,12 @@ def ingest(
     metadata: Annotated[Optional[Path], typer.Option(help="Sidecar CSV/JSON describing the slides.")] = None,
     slide_id: Annotated[Optional[str], typer.Option("--slide-id", help="Keep your own id (one slide only).")] = None,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes.")] = 1,
+    qc: Annotated[bool, typer.Option(help="Run quality control on the new slides (a Dask job).")] = True,
     as_json: JsonOption = False,
     home: HomeOption = None,
 ) -> None:
-    """Validate, de-identify, convert to DICOM WSI, store and catalog slides. Exit 1 if any was rejected."""
+    """Validate, de-identify, convert to DICOM WSI, store, catalog and quality-control slides.
+    Exit 1 if any slide was rejected."""
     from slidebank.ingest.runner import IngestUsageError, plan_ingest, run_ingest
     from slidebank.ingest.sidecar import SidecarError
 
@@ -86,8 +92,24 @@ def ingest(
         outcomes = run_ingest(node, plan, workers=workers, on_outcome=lambda o: print_json(o.to_json()))
     else:
         outcomes = _ingest_with_progress(node, plan, workers)
+    if qc:
+        _quality_control(node, [o.slide_id for o in outcomes if o.status == "ingested" and o.slide_id], as_json)
     node.close()
     raise typer.Exit(1 if any(o.status == "rejected" for o in outcomes) else 0)
+
+
+def _quality_control(node: Any, slide_ids: list[str], quiet: bool) -> None:
+    """QC of freshly ingested slides; its outcome goes to stderr (stdout stays one line per slide)."""
+    job = run_queued_qc(node, slide_ids, quiet)
+    if job is None:
+        return
+    flagged = [t for t in job["tasks"] if t["summary"].get("flags")]
+    colour = "green" if job["state"] == "done" and not flagged else "yellow"
+    console.print(f"[{colour}]quality control[/{colour}]: job {job['id']} {job['state']}, "
+                  f"{len(flagged)} of {len(job['tasks'])} slide(s) flagged"
+                  + (f" ({job['error']})" if job.get("error") else ""))
+    for task in flagged:
+        console.print(f"  {task['slide_id']}: {'; '.join(task['summary']['flags'])}")
 
 
 def _ingest_with_progress(node: Any, plan: Any, workers: int) -> list:
@@ -187,15 +209,22 @@ def search(
     vendor: Annotated[Optional[list[str]], typer.Option()] = None,
     diagnosis: Annotated[Optional[list[str]], typer.Option()] = None,
     text: Annotated[Optional[str], typer.Option(help="Free text (slide id, alias, diagnosis).")] = None,
+    where: Annotated[Optional[str], typer.Option(
+        help="Conditions on measured facts, e.g. \"qc.blur_fraction < 0.05 and qc.passed = 1\".")] = None,
     limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
     offset: Annotated[int, typer.Option(min=0)] = 0,
     as_json: JsonOption = False,
     home: HomeOption = None,
 ) -> None:
     """Faceted search at image level: filters are OR within a facet and AND across facets."""
-    from slidebank.catalog.service import SearchQuery
+    from slidebank.catalog.service import CatalogError, FactCondition, SearchQuery
 
+    try:
+        conditions = FactCondition.parse_all(where) if where else ()
+    except CatalogError as error:
+        fail(str(error))
     query = SearchQuery(
+        where=conditions,
         dataset=dataset or None,
         species=species or None,
         organ=organ or None,
@@ -290,10 +319,12 @@ def serve(
     port: Annotated[int, typer.Option()] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="worker processes (one per core serves tiles fastest)")] = 1,
     access_log: Annotated[bool, typer.Option(help="log every request (slows tile serving)")] = False,
+    jobs: Annotated[bool, typer.Option(help="run queued algorithm jobs (on Dask) in this process")] = True,
     home: HomeOption = None,
 ) -> None:
-    """Serve the web app, REST API, Deep Zoom and IIIF."""
+    """Serve the web app, REST API, Deep Zoom and IIIF; run queued jobs in the background."""
     import os
+    import threading
 
     from granian import Granian
     from granian.constants import Interfaces, Loops, RuntimeModes
@@ -304,11 +335,26 @@ def serve(
     console.print(f"Slidebank on http://{host}:{port}/ ({workers} worker process{'es' if workers > 1 else ''})")
     # Granian (a Rust HTTP server) runs the same ASGI app as uvicorn would; on tile serving it answers
     # ~30% more requests per core, because writing responses to sockets is most of a tile's cost.
-    Granian(
-        "slidebank.api.app:create_app", factory=True, address=host, port=port, interface=Interfaces.ASGI,
-        workers=workers, runtime_mode=RuntimeModes.st, loop=Loops.uvloop, websockets=False,
-        log_access=access_log, respawn_failed_workers=True,
-    ).serve()
+    stop = threading.Event()
+    if jobs:  # jobs live in the database: this loop resumes what a previous server left running
+        threading.Thread(target=_job_loop, args=(home, stop), name="slidebank-jobs", daemon=True).start()
+    try:
+        Granian(
+            "slidebank.api.app:create_app", factory=True, address=host, port=port, interface=Interfaces.ASGI,
+            workers=workers, runtime_mode=RuntimeModes.st, loop=Loops.uvloop, websockets=False,
+            log_access=access_log, respawn_failed_workers=True,
+        ).serve()
+    finally:
+        stop.set()
+
+
+def _job_loop(home: Path | None, stop: Any) -> None:
+    from slidebank.jobs.runner import JobRunner
+
+    node = open_node(home)
+    with JobRunner(node) as runner:
+        runner.serve_forever(stop)
+    node.close()
 
 
 if __name__ == "__main__":  # pragma: no cover

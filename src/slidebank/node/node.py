@@ -16,10 +16,12 @@ from functools import cached_property
 from pathlib import Path
 
 from slidebank.access.service import Access
+from slidebank.annotations.service import Annotations
 from slidebank.audit.log import AuditLog
 from slidebank.catalog.database import create_catalog_engine, upgrade_schema
 from slidebank.catalog.records import StoredFile
 from slidebank.catalog.service import Catalog
+from slidebank.jobs.service import Jobs
 from slidebank.slides.inspect import Limits
 from slidebank.storage import LocalBlobStore
 from slidebank.storage.blobstore import BlobFile
@@ -54,6 +56,8 @@ class Node:
         self.catalog = Catalog(self.engine)
         self.audit = AuditLog(self.engine)
         self.access = Access(self.engine, self.audit)
+        self.annotations = Annotations(self.engine)
+        self.jobs = Jobs(self.engine)
         self.store = LocalBlobStore(settings.home / "store")
         self.limits = Limits()
 

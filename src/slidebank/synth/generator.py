@@ -30,7 +30,7 @@ import re
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +40,7 @@ import imagecodecs
 import numpy as np
 import tifffile
 from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
 
 __all__ = [
     "SyntheticSlide",
@@ -690,9 +691,29 @@ def _ordered_parallel(tasks: Iterator[Callable[[], bytes]], workers: int) -> Ite
             yield window.popleft().result()
 
 
+BLUR_SIGMA = 6.0  # level-0 pixels: a badly out-of-focus scan at 0.25 µm/px
+
+
+def _defocus(tile: np.ndarray, x0: int, y0: int, downsample: float,
+             blurred: Sequence[tuple[int, int, int, int]]) -> np.ndarray:
+    """Gaussian-blur the parts of a tile (level pixels from x0, y0) inside the level-0 `blurred` rectangles."""
+    sigma = BLUR_SIGMA / downsample
+    if sigma < 0.5:
+        return tile
+    rows, cols = tile.shape[:2]
+    for bx, by, bw, bh in blurred:
+        c0, c1 = max(0, int(bx / downsample) - x0), min(cols, int((bx + bw) / downsample) - x0)
+        r0, r1 = max(0, int(by / downsample) - y0), min(rows, int((by + bh) / downsample) - y0)
+        if c0 < c1 and r0 < r1:
+            smooth = ndimage.gaussian_filter(tile.astype(np.float32), sigma=(sigma, sigma, 0))
+            tile = tile.copy()
+            tile[r0:r1, c0:c1] = np.clip(smooth[r0:r1, c0:c1] + 0.5, 0, 255).astype(np.uint8)
+    return tile
+
+
 def _level_tiles(painter: _Painter, level: int, dims: tuple[int, int], tile_size: int, quality: int,
-                 workers: int) -> Iterator[bytes]:
-    """Encoded tiles of one level in TIFF order (row-major)."""
+                 workers: int, blurred: Sequence[tuple[int, int, int, int]] = ()) -> Iterator[bytes]:
+    """Encoded tiles of one level in TIFF order (row-major); `blurred` level-0 rectangles out of focus."""
     w, h = dims
     downsample = float(1 << level)
 
@@ -701,6 +722,8 @@ def _level_tiles(painter: _Painter, level: int, dims: tuple[int, int], tile_size
             for tx in range(-(-w // tile_size)):
                 def task(tx: int = tx, ty: int = ty) -> bytes:
                     tile = painter.render(tx * tile_size, ty * tile_size, tile_size, tile_size, downsample, level)
+                    if blurred:
+                        tile = _defocus(tile, tx * tile_size, ty * tile_size, downsample, blurred)
                     return _jpeg(tile, quality)
 
                 yield task
@@ -944,8 +967,11 @@ def write_synthetic_slide(
     jpeg_quality: int = 90,
     stain: Stain = "HE",
     bigtiff: bool | None = None,
+    blurred: Sequence[tuple[int, int, int, int]] = (),
 ) -> SyntheticSlide:
     """Write a tissue-like pyramidal slide in bounded memory and return what was written.
+
+    `blurred` level-0 rectangles (x, y, width, height) are written out of focus, to test focus QC.
 
     aperio: SVS page order baseline (tiled JPEG), thumbnail (stripped JPEG), reduced levels (tiled
     JPEG), label (stripped LZW, NewSubfileType 1), macro (stripped JPEG, NewSubfileType 9), each
@@ -968,7 +994,8 @@ def write_synthetic_slide(
         objective_power=objective_power, quality=jpeg_quality,
         bigtiff=_use_bigtiff(width, height, _jpeg_bytes_per_pixel(jpeg_quality), bigtiff),
         label_text=label, phi=phi, level_dims=dims,
-        level_tiles=lambda level: _level_tiles(painter, level, dims[level], tile_size, jpeg_quality, workers),
+        level_tiles=lambda level: _level_tiles(painter, level, dims[level], tile_size, jpeg_quality, workers,
+                                               blurred),
         thumbnail=lambda: _render_small(painter, width, height, tw, th),
     )
     _write_file(layout)

@@ -13,6 +13,8 @@ from sqlalchemy.engine import Connection
 from slidebank.access import (
     models as access_models,  # noqa: F401  (registers governance tables)
 )
+from slidebank.annotations import models as annotation_models  # noqa: F401  (annotations, heatmaps)
+from slidebank.jobs import models as job_models  # noqa: F401  (jobs and their tasks)
 from slidebank.catalog.database import WRITE_OPTIONS, create_catalog_engine
 from slidebank.catalog.models import Base
 

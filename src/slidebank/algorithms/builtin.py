@@ -1,0 +1,113 @@
+"""Built-in algorithms: tissue detection and quality control (run after every ingest)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from slidebank.algorithms.base import HeatmapRaster, Parameter, Reads, SimpleAlgorithm, SlideResult, TaskContext
+from slidebank.algorithms.reader import SlideReader
+from slidebank.qc import detectors
+
+OVERVIEW_MPP = Parameter("overview_mpp", float, 8.0, "µm/px of the overview used for tissue and pen", 0.1, 256)
+
+
+def _tissue(slide: SlideReader, mpp: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """Overview pixels, tissue mask without pen ink, and the overview's µm/px."""
+    overview, overview_mpp = slide.overview(mpp)
+    return overview, detectors.tissue_mask(overview) & ~detectors.pen_mask(overview), overview_mpp
+
+
+def _area_values(mask: np.ndarray, mpp: float, prefix: str) -> dict[str, float | str]:
+    return {
+        f"{prefix}.tissue_area_mm2": float(mask.sum()) * mpp * mpp / 1e6,
+        f"{prefix}.tissue_fraction": float(mask.mean()) if mask.size else 0.0,
+    }
+
+
+def run_tissue(slide: SlideReader, params: Mapping[str, Any], context: TaskContext) -> SlideResult:
+    _, mask, mpp = _tissue(slide, params["overview_mpp"])
+    return SlideResult(values=_area_values(mask, mpp, "tissue"),
+                       heatmaps={"tissue": HeatmapRaster(mask.astype(np.float32), "green", {"1": "tissue"})})
+
+
+TISSUE = SimpleAlgorithm(
+    name="tissue", version="1.0.0",
+    description="Tissue mask and area (Otsu on saturation, ink removed, holes filled).",
+    parameters=(OVERVIEW_MPP,), reads=Reads("overview", 8.0), writes=("values", "heatmap"), function=run_tissue,
+)
+
+
+def run_qc(slide: SlideReader, params: Mapping[str, Any], context: TaskContext) -> SlideResult:
+    overview, tissue, overview_mpp = _tissue(slide, params["overview_mpp"])
+    context.check()
+    candidate = detectors.tissue_mask(overview)
+    pen = detectors.pen_mask(overview) & candidate
+    dark = detectors.dark_tissue_mask(overview, tissue)
+    tissue_pixels = max(1, int(tissue.sum()))
+
+    size = params["tile_size"]
+    level = slide.level_for(params["focus_mpp"])
+    columns, rows = (-(-n // size) for n in slide.level_size(level))
+    sharpness = np.full((rows, columns), np.nan, dtype=np.float32)
+    variances: list[float] = []
+    for tile in slide.tiles(params["focus_mpp"], size, tissue, min_fraction=0.5):
+        context.check()
+        variance = detectors.laplacian_variance(tile.pixels)
+        variances.append(variance)
+        sharpness[tile.y // (size * 2**level), tile.x // (size * 2**level)] = variance
+    blurred = int(sum(v < params["blur_threshold"] for v in variances))
+    blur_fraction = blurred / len(variances) if variances else 0.0
+
+    values: dict[str, float | str] = {
+        **_area_values(tissue, overview_mpp, "qc"),
+        "qc.focus_tiles": float(len(variances)),
+        "qc.blurred_tiles": float(blurred),
+        "qc.blur_fraction": blur_fraction,
+        "qc.laplacian_median": float(np.median(variances)) if variances else 0.0,
+        "qc.pen_fraction": float(pen.sum()) / tissue_pixels,
+        "qc.fold_fraction": float(dark.sum()) / tissue_pixels,
+        "qc.focus_mpp": slide.mpp_of(level),
+        **detectors.stain_statistics(overview, tissue),
+    }
+    flags = []
+    if values["qc.tissue_area_mm2"] < params["min_tissue_mm2"]:
+        flags.append(f"too little tissue ({values['qc.tissue_area_mm2']:.2f} mm²)")
+    if blur_fraction > params["max_blur_fraction"]:
+        flags.append(f"out of focus: {blur_fraction:.0%} of tissue tiles")
+    if values["qc.pen_fraction"] > params["max_pen_fraction"]:
+        flags.append(f"pen marks: {values['qc.pen_fraction']:.1%} of tissue area")
+    if values["qc.fold_fraction"] > params["max_fold_fraction"]:
+        flags.append(f"folds or bubbles: {values['qc.fold_fraction']:.1%} of tissue area")
+    values["qc.passed"] = 0.0 if flags else 1.0
+    values["qc.flags"] = "; ".join(flags)
+    blur_score = 1.0 - np.clip(sharpness / (2 * params["blur_threshold"]), 0.0, 1.0)
+    return SlideResult(
+        values=values,
+        heatmaps={
+            "tissue": HeatmapRaster(tissue.astype(np.float32), "green", {"1": "tissue"}),
+            "blur": HeatmapRaster(blur_score, "inferno", {"0": "sharp", "1": "out of focus"}),
+        },
+        flags=flags,
+        log=[f"{len(variances)} tissue tiles at {slide.mpp_of(level):.2f} µm/px, {blurred} out of focus"],
+    )
+
+
+QC = SimpleAlgorithm(
+    name="qc", version="1.0.0",
+    description="Quality control: tissue area, out-of-focus tiles (Laplacian variance), pen marks, "
+                "folds, stain statistics; flags failing slides.",
+    parameters=(
+        OVERVIEW_MPP,
+        Parameter("focus_mpp", float, 1.0, "µm/px at which focus is measured", 0.1, 64),
+        Parameter("tile_size", int, 256, "focus tile size in pixels", 32, 2048),
+        Parameter("blur_threshold", float, 40.0, "Laplacian variance below which a tile is out of focus", 0),
+        Parameter("max_blur_fraction", float, 0.1, "flag when more tissue tiles are out of focus", 0, 1),
+        Parameter("max_pen_fraction", float, 0.05, "flag when more of the tissue is pen ink", 0, 1),
+        Parameter("max_fold_fraction", float, 0.1, "flag when more of the tissue is folded/dark", 0, 1),
+        Parameter("min_tissue_mm2", float, 0.1, "flag slides with less tissue", 0),
+    ),
+    reads=Reads("overview + tissue tiles", 1.0, 256), writes=("values", "heatmap"), function=run_qc,
+)

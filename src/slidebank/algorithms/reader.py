@@ -1,0 +1,87 @@
+"""How algorithms see a stored slide: regions and tiles at a chosen resolution, decrypted on read.
+
+Resolutions are the stored power-of-two levels (wsidicom reads the nearest stored level and scales,
+so any power of two works); an algorithm asks for a µm/px and gets the closest level at or finer
+than it, and is told the µm/px it got. Every read is counted, for the job's log and benchmarks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from wsidicom import WsiDicom
+
+
+@dataclass(frozen=True)
+class Tile:
+    x: int  # level-0 pixel position of the tile's corner
+    y: int
+    width: int  # level-0 pixels covered
+    height: int
+    pixels: np.ndarray  # RGB at the read level
+
+
+class SlideReader:
+    def __init__(self, wsi: WsiDicom, slide_id: str) -> None:
+        self._wsi = wsi
+        self.slide_id = slide_id
+        self.width = wsi.size.width
+        self.height = wsi.size.height
+        self.mpp = float(wsi.mpp.width)  # level 0, µm per pixel
+        self.tiles_read = 0
+        self.pixels_read = 0
+
+    def level_for(self, mpp: float) -> int:
+        """The power-of-two level whose µm/px is closest to `mpp` without being coarser."""
+        if mpp <= self.mpp:
+            return 0
+        deepest = max(0, math.floor(math.log2(max(self.width, self.height))))
+        return min(deepest, math.floor(math.log2(mpp / self.mpp) + 1e-9))
+
+    def mpp_of(self, level: int) -> float:
+        return self.mpp * 2**level
+
+    def level_size(self, level: int) -> tuple[int, int]:
+        return math.ceil(self.width / 2**level), math.ceil(self.height / 2**level)
+
+    def read(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        """RGB pixels of a region given in that level's pixel coordinates (clipped to the slide)."""
+        level_width, level_height = self.level_size(level)
+        width, height = min(width, level_width - x), min(height, level_height - y)
+        if width <= 0 or height <= 0:
+            raise ValueError(f"region ({x}, {y}) is outside level {level} of {self.slide_id}")
+        region = self._wsi.read_region((x, y), level, (width, height))
+        pixels = np.asarray(region.convert("RGB"))
+        self.tiles_read += 1
+        self.pixels_read += width * height
+        return pixels
+
+    def overview(self, mpp: float) -> tuple[np.ndarray, float]:
+        """The whole slide at about `mpp` µm/px, and the µm/px it was read at."""
+        level = self.level_for(mpp)
+        width, height = self.level_size(level)
+        return self.read(level, 0, 0, width, height), self.mpp_of(level)
+
+    def tiles(self, mpp: float, size: int, mask: np.ndarray | None = None, min_fraction: float = 0.1) -> Iterator[Tile]:
+        """Tiles of `size` pixels at about `mpp`, row by row; with a (coarse, whole-slide) boolean
+        mask, only tiles whose footprint on the mask is at least `min_fraction` True."""
+        level = self.level_for(mpp)
+        scale = 2**level
+        level_width, level_height = self.level_size(level)
+        for ty in range(0, level_height, size):
+            for tx in range(0, level_width, size):
+                if mask is not None and self.mask_fraction(mask, tx * scale, ty * scale, size * scale, size * scale) < min_fraction:
+                    continue
+                pixels = self.read(level, tx, ty, size, size)
+                yield Tile(tx * scale, ty * scale, pixels.shape[1] * scale, pixels.shape[0] * scale, pixels)
+
+    def mask_fraction(self, mask: np.ndarray, x: int, y: int, width: int, height: int) -> float:
+        """Fraction of True in the part of a whole-slide mask that covers a level-0 rectangle."""
+        rows, columns = mask.shape
+        x0, x1 = int(x * columns / self.width), math.ceil(min(x + width, self.width) * columns / self.width)
+        y0, y1 = int(y * rows / self.height), math.ceil(min(y + height, self.height) * rows / self.height)
+        window = mask[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)]
+        return float(window.mean()) if window.size else 0.0

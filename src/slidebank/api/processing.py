@@ -1,0 +1,92 @@
+"""Processing routes: algorithms, jobs (created against the caller's grants) and heatmaps.
+
+A job is created here and run by the server's job loop (or any `slidebank jobs work`); callers see
+their own jobs, administrators every job.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+
+from slidebank.access.service import Principal
+from slidebank.algorithms.base import ParameterError, describe
+from slidebank.algorithms.registry import UnknownAlgorithm, algorithms
+from slidebank.api.security import Gatekeeper, principal_dependency, require_user
+from slidebank.api.tiles import SlideId
+from slidebank.jobs.service import JobError, JobNotFound
+from slidebank.jobs.submit import submit_job
+from slidebank.node import Node
+from slidebank.storage.crypt import unseal
+
+
+class NewJob(BaseModel):
+    algorithm: str = Field(max_length=64)
+    slides: list[str] = Field(default_factory=list, max_length=100_000)
+    dataset: str | None = Field(default=None, max_length=255)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    time_limit_s: float | None = Field(default=None, gt=0)
+    memory_limit_mb: int | None = Field(default=None, gt=0)
+
+
+def processing_routes(node: Node, gatekeeper: Gatekeeper) -> APIRouter:
+    router = APIRouter(tags=["processing"])
+    current = principal_dependency(gatekeeper)
+
+    def user(caller: Principal = Depends(current)) -> Principal:  # noqa: B008
+        return require_user(caller)
+
+    def visible_job(caller: Principal, job_id: str) -> dict:
+        try:
+            job = node.jobs.get(job_id)
+        except JobNotFound:
+            raise HTTPException(404, "no such job") from None
+        if job["requester"] != caller.name and caller.role != "administrator":
+            raise HTTPException(404, "no such job")
+        return job
+
+    @router.get("/api/algorithms", summary="Installed algorithms, their parameters, inputs and outputs")
+    def list_algorithms() -> list[dict]:
+        return [describe(a) for a in algorithms().values()]
+
+    @router.post("/api/jobs", status_code=201, summary="Run an algorithm over slides or a dataset")
+    def create_job(body: NewJob, caller: Principal = Depends(user)) -> dict:
+        try:
+            return submit_job(node, caller, body.algorithm, slide_ids=body.slides, dataset=body.dataset,
+                              parameters=body.parameters, time_limit_s=body.time_limit_s,
+                              memory_limit_mb=body.memory_limit_mb)
+        except JobNotFound as error:
+            raise HTTPException(404, str(error).strip("'\"")) from None
+        except (UnknownAlgorithm, ParameterError, JobError) as error:
+            raise HTTPException(400, str(error).strip("'\"")) from None
+
+    @router.get("/api/jobs", summary="My jobs (administrators: all jobs), newest first")
+    def list_jobs(caller: Principal = Depends(user), limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[dict]:
+        return node.jobs.list(None if caller.role == "administrator" else caller.name, limit)
+
+    @router.get("/api/jobs/{job_id}", summary="A job with its tasks, timings, results and log")
+    def get_job(job_id: str, caller: Principal = Depends(user)) -> dict:
+        return visible_job(caller, job_id)
+
+    @router.post("/api/jobs/{job_id}/cancel", summary="Cancel a job")
+    def cancel_job(job_id: str, caller: Principal = Depends(user)) -> dict:
+        visible_job(caller, job_id)
+        node.audit.record(caller.name, "job.cancel", detail={"job": job_id})
+        return node.jobs.cancel(job_id)
+
+    @router.get("/api/slides/{slide_id}/heatmaps", summary="The slide's heatmaps (QC masks, scores)")
+    def list_heatmaps(slide_id: SlideId, caller: Principal = Depends(current)) -> list[dict]:
+        gatekeeper.slide_dataset(caller, slide_id)
+        return node.annotations.heatmaps(slide_id)
+
+    @router.get("/api/slides/{slide_id}/heatmaps/{name}.png", response_class=Response,
+                summary="A heatmap as a transparent PNG spanning the whole slide")
+    def heatmap(slide_id: SlideId, name: str, caller: Principal = Depends(current)) -> Response:
+        gatekeeper.read_slide(caller, slide_id, "heatmap.read", heatmap=name)
+        png = unseal(node.annotations.sealed_heatmap(slide_id, name), node.keys)
+        return Response(png, media_type="image/png", headers={"Cache-Control": "private, no-cache"})
+
+    return router

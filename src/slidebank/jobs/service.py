@@ -1,0 +1,228 @@
+"""Job records: create (grant-checked by the caller), claim, progress, cancel, finish.
+
+A runner *claims* a job with one conditional UPDATE, so two runners (the API server's and a
+`slidebank run --wait`) never drive the same job; a running job whose runner stopped sending
+heartbeats is claimable again, and only its unfinished tasks run again.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, func, or_, select, update
+from sqlalchemy.orm import Session, selectinload
+
+from slidebank.catalog.database import WRITE_OPTIONS, session_factory
+from slidebank.catalog.models import Image, utcnow
+from slidebank.jobs.models import Job, JobTask
+
+STALE_AFTER = timedelta(seconds=float(os.environ.get("SLIDEBANK_JOB_STALE_SECONDS", "30")))
+MAX_LOG_LINES = 500
+
+
+class JobError(Exception):
+    pass
+
+
+class JobNotFound(JobError, LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    algorithm: str
+    version: str
+    parameters: dict[str, Any]
+    slide_ids: tuple[str, ...]
+    requester: str
+    time_limit_s: float | None = None
+    memory_limit_mb: int | None = None
+
+
+def runner_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Jobs:
+    def __init__(self, engine: Engine) -> None:
+        self._read = session_factory(engine)
+        self._write = session_factory(engine.execution_options(**WRITE_OPTIONS))
+
+    def create(self, spec: JobSpec) -> dict[str, Any]:
+        """A queued job with one task per slide (unknown slides are an error; nothing is created)."""
+        if not spec.slide_ids:
+            raise JobError("a job needs at least one slide")
+        with self._write.begin() as session:
+            images = dict(session.execute(select(Image.slide_id, Image.id).where(Image.slide_id.in_(spec.slide_ids))).all())
+            missing = [s for s in spec.slide_ids if s not in images]
+            if missing:
+                raise JobNotFound(f"no slide {', '.join(missing[:5])}")
+            job = Job(
+                algorithm=spec.algorithm, algorithm_version=spec.version, parameters=spec.parameters,
+                requester=spec.requester, time_limit_s=spec.time_limit_s, memory_limit_mb=spec.memory_limit_mb,
+                log=[], tasks=[JobTask(slide_id=s, image_id=images[s], summary={}) for s in dict.fromkeys(spec.slide_ids)],
+            )
+            session.add(job)
+            session.flush()
+            return self._json(job, tasks=False)
+
+    def get(self, job_uuid: str, tasks: bool = True) -> dict[str, Any]:
+        with self._read() as session:
+            return self._json(self._job(session, job_uuid), tasks=tasks)
+
+    def list(self, requester: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        with self._read() as session:
+            statement = select(Job).order_by(Job.id.desc()).limit(limit)
+            if requester is not None:
+                statement = statement.where(Job.requester == requester)
+            return [self._json(job, tasks=False) for job in session.scalars(statement)]
+
+    def cancel(self, job_uuid: str) -> dict[str, Any]:
+        """Ask a job to stop: a queued job is cancelled at once, a running one by its runner."""
+        with self._write.begin() as session:
+            job = self._job(session, job_uuid)
+            if job.state == "queued":
+                self._finish(session, job, "cancelled", "cancelled before it started")
+            elif job.state == "running":
+                job.cancel_requested = True
+            return self._json(job, tasks=False)
+
+    # --- for runners --------------------------------------------------------------------------------
+
+    def claimable(self) -> list[str]:
+        """Queued jobs, and running ones whose runner stopped (no heartbeat for STALE_AFTER)."""
+        with self._read() as session:
+            return list(session.scalars(
+                select(Job.uuid).where(self._claimable_condition()).order_by(Job.id)
+            ))
+
+    def claim(self, job_uuid: str, scheduler: str) -> bool:
+        now = utcnow()
+        with self._write.begin() as session:
+            result = session.execute(
+                update(Job).where(Job.uuid == job_uuid, self._claimable_condition())
+                .values(state="running", runner=runner_name(), scheduler=scheduler, heartbeat_at=now,
+                        started_at=func.coalesce(Job.started_at, now))
+            )
+            if result.rowcount != 1:
+                return False
+            job = self._job(session, job_uuid)
+            for task in job.tasks:
+                if task.state == "running":  # the previous runner died with it in flight
+                    task.state = "queued"
+            self._append_log(job, f"claimed by {runner_name()} on {scheduler}")
+            return True
+
+    def pending_tasks(self, job_uuid: str) -> list[dict[str, Any]]:
+        with self._read() as session:
+            job = self._job(session, job_uuid)
+            return [self._task_json(t) for t in job.tasks if t.state in ("queued", "running")]
+
+    def heartbeat(self, job_uuid: str) -> bool:
+        """Keep the claim alive; returns whether cancellation was asked for."""
+        with self._write.begin() as session:
+            job = self._job(session, job_uuid)
+            job.heartbeat_at = utcnow()
+            return job.cancel_requested
+
+    def cancel_requested(self, job_uuid: str) -> bool:
+        with self._read() as session:
+            return bool(session.scalar(select(Job.cancel_requested).where(Job.uuid == job_uuid)))
+
+    def task_started(self, job_uuid: str, slide_id: str) -> None:
+        with self._write.begin() as session:
+            task = self._task(session, job_uuid, slide_id)
+            task.state, task.started_at, task.attempts = "running", utcnow(), task.attempts + 1
+
+    def task_finished(
+        self, job_uuid: str, slide_id: str, state: str, *, seconds: float | None = None,
+        error: str | None = None, summary: dict[str, Any] | None = None, input_sha256: str | None = None,
+    ) -> None:
+        with self._write.begin() as session:
+            task = self._task(session, job_uuid, slide_id)
+            task.state, task.finished_at, task.seconds, task.error = state, utcnow(), seconds, error
+            task.summary = summary or {}
+            task.input_sha256 = input_sha256 or task.input_sha256
+
+    def log(self, job_uuid: str, line: str) -> None:
+        with self._write.begin() as session:
+            self._append_log(self._job(session, job_uuid), line)
+
+    def finish(self, job_uuid: str, state: str, error: str | None = None) -> dict[str, Any]:
+        with self._write.begin() as session:
+            job = self._job(session, job_uuid)
+            for task in job.tasks:
+                if task.state in ("queued", "running"):
+                    task.state = "cancelled" if state in ("cancelled", "failed") else task.state
+            self._finish(session, job, state, error)
+            return self._json(job, tasks=False)
+
+    def job_id(self, job_uuid: str) -> int:
+        with self._read() as session:
+            return self._job(session, job_uuid).id
+
+    # --- helpers ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _claimable_condition() -> Any:
+        stale = utcnow() - STALE_AFTER
+        return or_(Job.state == "queued", (Job.state == "running") & (Job.heartbeat_at < stale))
+
+    def _finish(self, session: Session, job: Job, state: str, error: str | None) -> None:
+        job.state, job.finished_at, job.error, job.runner = state, utcnow(), error, None
+        self._append_log(job, f"{state}" + (f": {error}" if error else ""))
+
+    @staticmethod
+    def _append_log(job: Job, line: str) -> None:
+        stamp = utcnow().strftime("%H:%M:%S")
+        job.log = [*(job.log or []), f"{stamp} {line}"][-MAX_LOG_LINES:]
+
+    @staticmethod
+    def _job(session: Session, job_uuid: str) -> Job:
+        job = session.scalar(select(Job).where(Job.uuid == job_uuid).options(selectinload(Job.tasks)))
+        if job is None:
+            raise JobNotFound(f"no job {job_uuid!r}")
+        return job
+
+    def _task(self, session: Session, job_uuid: str, slide_id: str) -> JobTask:
+        job = self._job(session, job_uuid)
+        task = next((t for t in job.tasks if t.slide_id == slide_id), None)
+        if task is None:
+            raise JobNotFound(f"job {job_uuid} has no slide {slide_id!r}")
+        return task
+
+    @staticmethod
+    def _task_json(task: JobTask) -> dict[str, Any]:
+        return {
+            "slide_id": task.slide_id, "state": task.state, "attempts": task.attempts,
+            "input_sha256": task.input_sha256, "seconds": task.seconds, "error": task.error,
+            "summary": task.summary or {}, "started_at": _iso(task.started_at), "finished_at": _iso(task.finished_at),
+        }
+
+    def _json(self, job: Job, tasks: bool) -> dict[str, Any]:
+        counts = {state: 0 for state in ("queued", "running", "done", "failed", "cancelled")}
+        for task in job.tasks:
+            counts[task.state] += 1
+        finished = counts["done"] + counts["failed"] + counts["cancelled"]
+        body = {
+            "id": job.uuid, "algorithm": job.algorithm, "version": job.algorithm_version,
+            "parameters": job.parameters, "requester": job.requester, "state": job.state,
+            "cancel_requested": job.cancel_requested,
+            "progress": {"done": finished, "total": len(job.tasks), "tasks": counts},
+            "limits": {"time_s": job.time_limit_s, "memory_mb": job.memory_limit_mb},
+            "runner": job.runner, "scheduler": job.scheduler,
+            "created_at": _iso(job.created_at), "started_at": _iso(job.started_at),
+            "finished_at": _iso(job.finished_at), "error": job.error, "log": list(job.log or []),
+        }
+        if tasks:
+            body["tasks"] = [self._task_json(t) for t in job.tasks]
+        return body
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
