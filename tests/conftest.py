@@ -75,10 +75,11 @@ def generic_slide(synthetic_dir: Path):  # noqa: ANN201 - SyntheticSlide
 
 
 def run_cli(
-    *args: str, home: Path, check: bool = False, timeout: float = 600, stdin: str | None = None
+    *args: str, home: Path, check: bool = False, timeout: float = 600, stdin: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
-    """Run the real `slidebank` executable, as a user would."""
-    env = {**os.environ, "SLIDEBANK_HOME": str(home)}
+    """Run the real `slidebank` executable, as a user would (`env` adds to the environment)."""
+    env = {**os.environ, "SLIDEBANK_HOME": str(home), **(env or {})}
     env.pop("SLIDEBANK_DATABASE_URL", None)
     result = subprocess.run(
         [str(SLIDEBANK_BIN), *args], capture_output=True, text=True, env=env, timeout=timeout, check=False,

@@ -1,8 +1,9 @@
 """How algorithms see a stored slide: regions and tiles at a chosen resolution, decrypted on read.
 
-Resolutions are the stored power-of-two levels (wsidicom reads the nearest stored level and scales,
-so any power of two works); an algorithm asks for a µm/px and gets the closest level at or finer
-than it, and is told the µm/px it got. Every read is counted, for the job's log and benchmarks.
+Resolutions are the stored power-of-two levels, read as stored (no resampling, which also keeps
+regions inside the level wsidicom has): an algorithm asks for a µm/px and gets the coarsest stored
+level at or finer than it, and is told the µm/px it got. Every read is counted, for the job's log
+and benchmarks.
 """
 
 from __future__ import annotations
@@ -31,21 +32,21 @@ class SlideReader:
         self.width = wsi.size.width
         self.height = wsi.size.height
         self.mpp = float(wsi.mpp.width)  # level 0, µm per pixel
+        # pyramid level (log2 of the downsample) -> stored size
+        self._sizes = {level.level: (level.size.width, level.size.height) for level in wsi.levels}
         self.tiles_read = 0
         self.pixels_read = 0
 
     def level_for(self, mpp: float) -> int:
-        """The power-of-two level whose µm/px is closest to `mpp` without being coarser."""
-        if mpp <= self.mpp:
-            return 0
-        deepest = max(0, math.floor(math.log2(max(self.width, self.height))))
-        return min(deepest, math.floor(math.log2(mpp / self.mpp) + 1e-9))
+        """The coarsest stored level whose µm/px is at most `mpp` (level 0 if `mpp` is finer)."""
+        fine_enough = [level for level in self._sizes if self.mpp_of(level) <= mpp * (1 + 1e-6)]
+        return max(fine_enough, default=0)
 
     def mpp_of(self, level: int) -> float:
         return self.mpp * 2**level
 
     def level_size(self, level: int) -> tuple[int, int]:
-        return math.ceil(self.width / 2**level), math.ceil(self.height / 2**level)
+        return self._sizes[level]
 
     def read(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
         """RGB pixels of a region given in that level's pixel coordinates (clipped to the slide)."""

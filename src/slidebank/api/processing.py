@@ -59,9 +59,9 @@ def processing_routes(node: Node, gatekeeper: Gatekeeper) -> APIRouter:
                               parameters=body.parameters, time_limit_s=body.time_limit_s,
                               memory_limit_mb=body.memory_limit_mb)
         except JobNotFound as error:
-            raise HTTPException(404, str(error).strip("'\"")) from None
+            raise HTTPException(404, str(error)) from None
         except (UnknownAlgorithm, ParameterError, JobError) as error:
-            raise HTTPException(400, str(error).strip("'\"")) from None
+            raise HTTPException(400, str(error)) from None
 
     @router.get("/api/jobs", summary="My jobs (administrators: all jobs), newest first")
     def list_jobs(caller: Principal = Depends(user), limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[dict]:

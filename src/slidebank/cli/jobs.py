@@ -75,7 +75,7 @@ def run(
                          parameters=_parameters(param or []), time_limit_s=time_limit, memory_limit_mb=memory_limit)
     except (UnknownAlgorithm, ParameterError, JobError, AccessError) as error:
         node.close()
-        fail(str(error).strip("'\""))
+        fail(str(error))
     if wait:
         job = _run_with_progress(node, job["id"], scheduler, workers, quiet=as_json)
     node.close()
