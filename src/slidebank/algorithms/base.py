@@ -76,9 +76,14 @@ class Reads:
 
 @dataclass
 class HeatmapRaster:
-    """Scores in [0, 1] on a grid spanning the whole slide; NaN where nothing was measured."""
+    """Scores in [0, 1] on a grid from the slide's top-left corner; NaN where nothing was measured.
+
+    `extent` is the level-0 width and height the grid covers: a grid of whole tiles reaches past
+    the slide's right and bottom edges, and the viewer must stretch it over exactly this much.
+    """
 
     values: np.ndarray
+    extent: tuple[float, float]
     colormap: str = "inferno"
     legend: dict[str, Any] = field(default_factory=dict)
 

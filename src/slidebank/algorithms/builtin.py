@@ -20,6 +20,13 @@ def _tissue(slide: SlideReader, mpp: float) -> tuple[np.ndarray, np.ndarray, flo
     return overview, detectors.tissue_mask(overview) & ~detectors.pen_mask(overview), overview_mpp
 
 
+def mask_heatmap(mask: np.ndarray, slide: SlideReader, mpp: float) -> HeatmapRaster:
+    """A boolean overview mask as a heatmap (its pixels are `mpp / slide.mpp` level-0 pixels wide)."""
+    scale = mpp / slide.mpp
+    return HeatmapRaster(mask.astype(np.float32), (mask.shape[1] * scale, mask.shape[0] * scale), "green",
+                         {"1": "tissue"})
+
+
 def _area_values(mask: np.ndarray, mpp: float, prefix: str) -> dict[str, float | str]:
     return {
         f"{prefix}.tissue_area_mm2": float(mask.sum()) * mpp * mpp / 1e6,
@@ -29,8 +36,7 @@ def _area_values(mask: np.ndarray, mpp: float, prefix: str) -> dict[str, float |
 
 def run_tissue(slide: SlideReader, params: Mapping[str, Any], context: TaskContext) -> SlideResult:
     _, mask, mpp = _tissue(slide, params["overview_mpp"])
-    return SlideResult(values=_area_values(mask, mpp, "tissue"),
-                       heatmaps={"tissue": HeatmapRaster(mask.astype(np.float32), "green", {"1": "tissue"})})
+    return SlideResult(values=_area_values(mask, mpp, "tissue"), heatmaps={"tissue": mask_heatmap(mask, slide, mpp)})
 
 
 TISSUE = SimpleAlgorithm(
@@ -51,13 +57,14 @@ def run_qc(slide: SlideReader, params: Mapping[str, Any], context: TaskContext) 
     size = params["tile_size"]
     level = slide.level_for(params["focus_mpp"])
     columns, rows = (-(-n // size) for n in slide.level_size(level))
+    cell = size * 2**level  # level-0 pixels per heatmap cell
     sharpness = np.full((rows, columns), np.nan, dtype=np.float32)
     variances: list[float] = []
     for tile in slide.tiles(params["focus_mpp"], size, tissue, min_fraction=0.5):
         context.check()
         variance = detectors.laplacian_variance(tile.pixels)
         variances.append(variance)
-        sharpness[tile.y // (size * 2**level), tile.x // (size * 2**level)] = variance
+        sharpness[tile.y // cell, tile.x // cell] = variance
     blurred = int(sum(v < params["blur_threshold"] for v in variances))
     blur_fraction = blurred / len(variances) if variances else 0.0
 
@@ -87,8 +94,9 @@ def run_qc(slide: SlideReader, params: Mapping[str, Any], context: TaskContext) 
     return SlideResult(
         values=values,
         heatmaps={
-            "tissue": HeatmapRaster(tissue.astype(np.float32), "green", {"1": "tissue"}),
-            "blur": HeatmapRaster(blur_score, "inferno", {"0": "sharp", "1": "out of focus"}),
+            "tissue": mask_heatmap(tissue, slide, overview_mpp),
+            "blur": HeatmapRaster(blur_score, (columns * cell, rows * cell), "inferno",
+                                  {"0": "sharp", "1": "out of focus"}),
         },
         flags=flags,
         log=[f"{len(variances)} tissue tiles at {slide.mpp_of(level):.2f} µm/px, {blurred} out of focus"],

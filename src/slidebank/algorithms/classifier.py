@@ -65,6 +65,7 @@ def run_classifier(slide: SlideReader, params: Mapping[str, Any], context: TaskC
     size = params["patch_size"]
     level = slide.level_for(params["mpp"])
     columns, rows = (-(-n // size) for n in slide.level_size(level))
+    cell = size * 2**level  # level-0 pixels per patch
     scores = np.full((rows, columns), np.nan, dtype=np.float32)
     batch: list[np.ndarray] = []
     places: list[tuple[int, int]] = []
@@ -86,7 +87,7 @@ def run_classifier(slide: SlideReader, params: Mapping[str, Any], context: TaskC
             pixels = np.pad(pixels, ((0, size - pixels.shape[0]), (0, size - pixels.shape[1]), (0, 0)),
                             constant_values=240)
         batch.append(pixels.transpose(2, 0, 1).astype(np.float32) / 255.0)
-        places.append((tile.y // (size * 2**level), tile.x // (size * 2**level)))
+        places.append((tile.y // cell, tile.x // cell))
         if len(batch) >= params["batch_size"]:
             flush()
     flush()
@@ -97,7 +98,8 @@ def run_classifier(slide: SlideReader, params: Mapping[str, Any], context: TaskC
             "classifier.mean_score": float(measured.mean()) if measured.size else 0.0,
             "classifier.positive_fraction": float((measured > params["threshold"]).mean()) if measured.size else 0.0,
         },
-        heatmaps={"classifier": HeatmapRaster(scores, "inferno", {"0": "low score", "1": "high score"})},
+        heatmaps={"classifier": HeatmapRaster(scores, (columns * cell, rows * cell), "inferno",
+                                              {"0": "low score", "1": "high score"})},
         log=[f"{measured.size} patches at {slide.mpp_of(level):.2f} µm/px through "
              f"{params['model'] or 'the built-in demo model'}"],
     )

@@ -121,9 +121,10 @@ def class_name(properties: dict[str, Any]) -> str | None:
 
 
 def class_color(properties: dict[str, Any]) -> str | None:
-    """'#rrggbb' from QuPath's `classification.color` ([r, g, b]), a '#rrggbb' string or `colorRGB`."""
+    """'#rrggbb' from QuPath's `classification.color` ([r, g, b]), a '#rrggbb' string, or the packed
+    ARGB integer `colorRGB` of QuPath 0.2 (in `classification` or in `properties`)."""
     classification = properties.get("classification")
-    color = classification.get("color") if isinstance(classification, dict) else None
+    color = classification.get("color", classification.get("colorRGB")) if isinstance(classification, dict) else None
     if color is None:
         color = properties.get("color", properties.get("colorRGB"))
     if isinstance(color, list) and len(color) >= 3 and all(isinstance(c, int) for c in color[:3]):

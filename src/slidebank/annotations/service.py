@@ -241,7 +241,8 @@ class Annotations:
                 select(Heatmap.name, Heatmap.width, Heatmap.height, Heatmap.legend, Heatmap.job_id, Heatmap.created_at)
                 .where(Heatmap.image_id == image_id).order_by(Heatmap.name)
             ).all()
-        return [{"name": r.name, "columns": r.width, "rows": r.height, "legend": r.legend, "job_id": r.job_id,
+        return [{"name": r.name, "columns": r.width, "rows": r.height, "legend": r.legend,
+                 "extent": r.legend.get("extent"), "job_id": r.job_id,
                  "created_at": r.created_at.isoformat() if r.created_at else None} for r in rows]
 
     def sealed_heatmap(self, slide_id: str, name: str) -> bytes:

@@ -66,7 +66,7 @@ class JobRunner:
             else:
                 self._cluster = LocalCluster(
                     n_workers=self._settings.workers, threads_per_worker=1, processes=self._settings.processes,
-                    memory_limit=self._settings.worker_memory, dashboard_address=None,
+                    memory_limit=self._settings.worker_memory, dashboard_address="127.0.0.1:0",
                     silence_logs=logging.ERROR,
                 )
                 self._client = Client(self._cluster)

@@ -168,7 +168,7 @@ def store_results(node: Node, request: TaskRequest, result: SlideResult) -> dict
         node.catalog.set_facts(request.slide_id, result.values, job_id=request.job_id)
     for name, raster in result.heatmaps.items():
         png = render_png(raster.values, raster.colormap, mask_like=raster.colormap == "green")
-        legend = {**raster.legend, "colormap": raster.colormap}
+        legend = {**raster.legend, "colormap": raster.colormap, "extent": [float(v) for v in raster.extent]}
         node.annotations.set_heatmap(request.slide_id, name, seal(png, node.keys), raster.values.shape, legend,
                                      request.job_id)
     return {"values": result.values, "features": len(features), "heatmaps": sorted(result.heatmaps)}
