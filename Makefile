@@ -8,9 +8,12 @@ PORT ?= 8000
 export SLIDEBANK_HOME
 
 # Debian packages: wsidicom's JPEG codec loads libturbojpeg; python-magic (IIIF validator) loads
-# libmagic; the browser tests drive Debian's Chromium; npm fetches OpenSeadragon at build time.
+# libmagic; the browser tests drive Debian's Chromium; npm fetches OpenSeadragon and Annotorious
+# at build time.
 SYSTEM_PACKAGES := libturbojpeg0 libmagic1 chromium
 OSD_VENDOR := src/slidebank/web/static/vendor/openseadragon
+ANNOTORIOUS_VENDOR := src/slidebank/web/static/vendor/annotorious
+ANNOTORIOUS_DIST := web/node_modules/@annotorious/openseadragon/dist
 
 .PHONY: system-deps install web demo serve test bench clean
 
@@ -24,13 +27,16 @@ system-deps:
 		$$sudo apt-get update -qq && $$sudo apt-get install -y -qq $$missing; \
 	fi
 
-# OpenSeadragon from npm (pinned in web/package-lock.json), copied where the app serves it.
-$(OSD_VENDOR)/openseadragon.min.js: web/package-lock.json | system-deps
+# OpenSeadragon and Annotorious from npm (pinned in web/package-lock.json), copied where the app
+# serves them. Annotorious's UMD build bundles PixiJS and plugs into the OpenSeadragon global.
+$(OSD_VENDOR)/openseadragon.min.js $(ANNOTORIOUS_VENDOR)/annotorious-openseadragon.js &: web/package-lock.json | system-deps
 	npm ci --prefix web --no-audit --no-fund
-	rm -rf $(OSD_VENDOR) && mkdir -p $(dir $(OSD_VENDOR))
+	rm -rf $(OSD_VENDOR) $(ANNOTORIOUS_VENDOR) && mkdir -p $(ANNOTORIOUS_VENDOR)
 	cp -r web/node_modules/openseadragon/build/openseadragon $(OSD_VENDOR)
+	cp $(ANNOTORIOUS_DIST)/annotorious-openseadragon.js $(ANNOTORIOUS_DIST)/annotorious-openseadragon.css $(ANNOTORIOUS_VENDOR)/
+	touch $(OSD_VENDOR)/openseadragon.min.js $(ANNOTORIOUS_VENDOR)/annotorious-openseadragon.js
 
-web: $(OSD_VENDOR)/openseadragon.min.js
+web: $(OSD_VENDOR)/openseadragon.min.js $(ANNOTORIOUS_VENDOR)/annotorious-openseadragon.js
 
 $(BIN)/slidebank: pyproject.toml | system-deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +54,7 @@ demo: install
 	$(BIN)/slidebank datasets create rat-toxicology --exist-ok --duo DUO:0000007 \
 		--policy "Synthetic demonstration slides, controlled: disease-specific research, apply to the DAC"
 	$(BIN)/slidebank ingest $(SLIDEBANK_HOME)/samples --metadata $(SLIDEBANK_HOME)/samples/metadata.csv --workers 2
+	$(BIN)/slidebank run nuclei --dataset human-oncology --param max_tiles=12 --wait
 	$(BIN)/slidebank slides list
 	$(BIN)/slidebank serve --host $(HOST) --port $(PORT)
 
@@ -63,6 +70,8 @@ bench: install
 	$(BIN)/python -m pip install -q -e ".[test,bench]"
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/tiles.py
+	$(BIN)/python bench/process.py
+	$(BIN)/python bench/annotations.py
 
 clean:
-	rm -rf $(VENV) slidebank-data .pytest_cache web/node_modules $(OSD_VENDOR)
+	rm -rf $(VENV) slidebank-data .pytest_cache web/node_modules $(OSD_VENDOR) $(ANNOTORIOUS_VENDOR)

@@ -19,7 +19,7 @@ from conftest import json_lines, open_dataset, run_cli, running_server
 PATH_VALUES = {
     "level": "0", "col": "0", "row": "0", "extension": "jpeg", "region": "full", "size": "max", "rotation": "0",
     "quality_format": "default.jpg", "name": "restricted", "request_id": "no-such-request",
-    "grant_id": "no-such-grant",
+    "grant_id": "no-such-grant", "job_id": "no-such-job", "heatmap": "tissue",
 }
 ROLES = {"steward": "data_steward", "dac": "dac_member", "alice": "researcher", "bob": "researcher",
          "root": "administrator"}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import sqlite3
 from pathlib import Path
 
 import httpx
@@ -36,6 +38,10 @@ def test_erase_subject_leaves_no_readable_byte_and_keeps_the_rest(tmp_path: Path
     blob_paths = [p for p in (home / "store" / "objects").rglob("*") if p.name in files]
     assert len(blob_paths) == len(files) >= 2
     needles = [path.read_bytes()[len(path.read_bytes()) // 2:][:4096] for path in blob_paths]  # frame data
+    drawn = tmp_path / "drawn.geojson"
+    drawn.write_text(json.dumps({"type": "Feature", "geometry": {"type": "Point", "coordinates": [5, 5]},
+                                 "properties": {}}))
+    run_cli("annotations", "import", erased["slide_id"], str(drawn), home=home, check=True)
 
     report = json_lines(run_cli("erase", "--subject", erased["subject"], "--json", home=home, check=True).stdout)[0]
     assert report == {"images": 1, "blobs_deleted": len(files), "datasets": ["study"]}
@@ -46,6 +52,12 @@ def test_erase_subject_leaves_no_readable_byte_and_keeps_the_rest(tmp_path: Path
     assert [s["slide_id"] for s in slides] == [kept["slide_id"]]
     assert run_cli("slides", "show", erased["slide_id"], "--json", home=home).returncode != 0
     run_cli("export", kept["slide_id"], "--to", str(tmp_path / "out"), home=home, check=True)  # the other is whole
+    with sqlite3.connect(home / "catalog.sqlite") as db:  # derived results went too (QC ran at ingest)
+        assert db.execute("SELECT count(*) FROM annotation_features").fetchone() == (0,)
+        assert db.execute("SELECT count(DISTINCT image_id) FROM heatmaps").fetchone() == (1,)
+        assert db.execute("SELECT count(DISTINCT image_id) FROM slide_facts").fetchone() == (1,)
+        summaries = dict(db.execute("SELECT slide_id, summary FROM job_tasks").fetchall())
+    assert json.loads(summaries[erased["slide_id"]]) == {} and json.loads(summaries[kept["slide_id"]])["values"]
 
     entries = json_lines(run_cli("audit", "show", "--json", home=home, check=True).stdout)
     assert any(e["action"] == "subject.erase" and e["detail"]["images"] == 1 for e in entries)

@@ -269,3 +269,30 @@ def test_a_job_survives_a_crash_of_the_api_server(jobs_home: tuple[Path, list[st
     attempts = sorted(task["attempts"] for task in job["tasks"])
     assert attempts[0] == 1 and all(task["state"] == "done" for task in job["tasks"])  # finished work not redone
     assert sum("claimed by" in line for line in job["log"]) == 2
+
+
+def test_nuclei_and_onnx_classifier_write_annotations_heatmaps_and_values(jobs_home: tuple[Path, list[str]]) -> None:
+    home, slides = jobs_home
+    code, first = run_job(home, "nuclei", "--slide", slides[2], "--param", "max_tiles=2")
+    assert code == 0, first
+    listed = json.loads(run_cli("annotations", "list", slides[2], "--json", "--limit", "100000", home=home,
+                                check=True).stdout)
+    nuclei = [f for f in listed["features"] if f["slidebank"]["class"] == "Nucleus"]
+    assert len(nuclei) == first["tasks"][0]["summary"]["features"] > 20
+    assert {f["slidebank"]["author"] for f in nuclei} == {"nuclei@1.0.0"}
+    assert all(f["geometry"]["type"] == "Polygon" and f["properties"]["measurements"]["area_px"] > 0 for f in nuclei)
+    code, second = run_job(home, "nuclei", "--slide", slides[2], "--param", "max_tiles=2")
+    again = json.loads(run_cli("annotations", "list", slides[2], "--json", "--limit", "100000", home=home,
+                               check=True).stdout)
+    assert code == 0 and again["total"] == listed["total"]  # the latest run replaces the earlier one
+
+    code, classified = run_job(home, "patch-classifier", "--slide", slides[2], "--param", "mpp=1")
+    assert code == 0, classified
+    values = classified["tasks"][0]["summary"]["values"]
+    assert values["classifier.patches"] > 0 and 0 < values["classifier.mean_score"] < 1
+    detail = json.loads(run_cli("slides", "show", slides[2], "--json", home=home, check=True).stdout)
+    assert detail["facts"]["classifier"]["patches"] == values["classifier.patches"]
+    bad_model = run_cli("run", "patch-classifier", "--slide", slides[2], "--param", "model=/nonexistent.onnx",
+                        "--wait", "--json", home=home)
+    failed = json.loads(bad_model.stdout.strip().splitlines()[-1])
+    assert bad_model.returncode == 1 and "nonexistent.onnx" in failed["tasks"][0]["error"]

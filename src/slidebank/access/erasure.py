@@ -27,8 +27,9 @@ class ErasureReport:
 def erase_subject(node: Node, pseudonym: str, requested_by: str) -> ErasureReport:
     """Erase everything of the subject known here by `pseudonym` (e.g. "SUBJ-3f2a…")."""
     with node.ingest_lock():  # no ingest may register a blob we are about to delete
-        erased = node.catalog.erase_subject(pseudonym)
+        erased = node.catalog.erase_subject(pseudonym)  # annotations, heatmaps, facts go by cascade
         node.access.forget_pseudonym(pseudonym)  # the way back goes first: nothing may re-identify
+        node.jobs.forget_slides(erased.slide_ids)  # job records keep that a task ran, not its results
         still_used = node.catalog.referenced_blobs()
         deleted = 0
         for sha256 in sorted(erased.blobs - still_used):

@@ -47,10 +47,10 @@ TISSUE = SimpleAlgorithm(
 
 
 def run_qc(slide: SlideReader, params: Mapping[str, Any], context: TaskContext) -> SlideResult:
-    overview, tissue, overview_mpp = _tissue(slide, params["overview_mpp"])
+    overview, overview_mpp = slide.overview(params["overview_mpp"])
+    candidate, ink = detectors.tissue_mask(overview), detectors.pen_mask(overview)
+    tissue, pen = candidate & ~ink, candidate & ink
     context.check()
-    candidate = detectors.tissue_mask(overview)
-    pen = detectors.pen_mask(overview) & candidate
     dark = detectors.dark_tissue_mask(overview, tissue)
     tissue_pixels = max(1, int(tissue.sum()))
 

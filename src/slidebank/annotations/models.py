@@ -3,7 +3,7 @@
 A feature keeps its GeoJSON geometry and properties exactly as submitted (QuPath round trips
 byte-for-value), plus the columns a viewport query needs: its bounding box and a *size class*
 (`ceil(log2(max(width, height)))`). Features of one size class are at most 2^class pixels wide, so
-"features meeting this viewport" becomes, per class present on the slide, one range scan of the
+"features meeting this viewport" becomes, per size class, one range scan of the
 `(image_id, size_class, min_x, min_y)` B-tree bounded by the viewport widened by 2^class — the same
 plan on SQLite and PostgreSQL, fast at hundreds of thousands of polygons per slide, and not spoilt
 by one huge tissue outline (it sits alone in a high class).

@@ -15,12 +15,20 @@ from typing import Any
 from sqlalchemy import Engine, and_, delete, func, insert, or_, select
 from sqlalchemy.orm import Session
 
-from slidebank.annotations.geojson import AnnotationError, ParsedFeature, parse_feature, with_class
+from slidebank.annotations.geojson import (
+    MAX_COORDINATE,
+    AnnotationError,
+    ParsedFeature,
+    parse_feature,
+    size_class,
+    with_class,
+)
 from slidebank.annotations.models import AnnotationFeature, Heatmap
-from slidebank.catalog.database import WRITE_OPTIONS, session_factory
+from slidebank.catalog.database import WRITE_OPTIONS, iso_utc, session_factory
 from slidebank.catalog.models import Image, new_uuid, utcnow
 
 INSERT_CHUNK = 2000
+MAX_SIZE_CLASS = size_class((0.0, 0.0, 2 * MAX_COORDINATE, 2 * MAX_COORDINATE))
 MAX_DENSITY_CELLS = 256 * 256
 
 
@@ -127,13 +135,15 @@ class Annotations:
                 raise NotAuthor("only the author of an annotation or a data steward may delete it")
             session.delete(row)
 
-    def delete_job_results(self, slide_id: str, job_id: int) -> int:
-        """Drop what an earlier attempt of the same job wrote on a slide (a retried task starts clean)."""
+    def delete_algorithm_results(self, slide_id: str, algorithm: str) -> int:
+        """Drop the features earlier runs of an algorithm wrote on a slide: its latest run (or a
+        retried attempt) replaces them, as it replaces the slide's facts and heatmaps."""
         with self._write.begin() as session:
             image_id = self._image_id(session, slide_id)
-            result = session.execute(
-                delete(AnnotationFeature).where(AnnotationFeature.image_id == image_id, AnnotationFeature.job_id == job_id)
-            )
+            result = session.execute(delete(AnnotationFeature).where(
+                AnnotationFeature.image_id == image_id, AnnotationFeature.job_id.is_not(None),
+                AnnotationFeature.author.startswith(f"{algorithm}@", autoescape=True),
+            ))
             return int(result.rowcount or 0)
 
     # --- reading ----------------------------------------------------------------------------------
@@ -163,7 +173,7 @@ class Annotations:
         """Features meeting the viewport (all when None), at most `limit`, and how many there are."""
         with self._read() as session:
             image_id = self._image_id(session, slide_id)
-            conditions = self._conditions(session, image_id, viewport, classes)
+            conditions = self._conditions(image_id, viewport, classes)
             total = int(session.scalar(select(func.count()).select_from(AnnotationFeature).where(*conditions)) or 0)
             rows = session.scalars(
                 select(AnnotationFeature).where(*conditions).order_by(AnnotationFeature.id).limit(limit)
@@ -181,7 +191,7 @@ class Annotations:
         cell_h = (viewport.y1 - viewport.y0) / rows
         with self._read() as session:
             image_id = self._image_id(session, slide_id)
-            conditions = self._conditions(session, image_id, viewport, classes)
+            conditions = self._conditions(image_id, viewport, classes)
             center_x = (AnnotationFeature.min_x + AnnotationFeature.max_x) / 2
             center_y = (AnnotationFeature.min_y + AnnotationFeature.max_y) / 2
             column = func.floor((center_x - viewport.x0) / cell_w)
@@ -202,6 +212,14 @@ class Annotations:
             "rows": rows,
             "classes": [{"name": name, "counts": grid} for name, grid in sorted(grids.items(), key=lambda i: str(i[0]))],
         }
+
+    def slide_extent(self, slide_id: str) -> Viewport:
+        """The whole slide, in level-0 pixels."""
+        with self._read() as session:
+            size = session.execute(select(Image.width, Image.height).where(Image.slide_id == slide_id)).first()
+        if size is None:
+            raise AnnotationNotFound(f"no slide {slide_id!r}")
+        return Viewport(0, 0, size.width, size.height)
 
     def iter_export(self, slide_id: str) -> Iterator[dict[str, Any]]:
         """Every feature as QuPath reads it, in insertion order, streamed in chunks."""
@@ -243,7 +261,7 @@ class Annotations:
             ).all()
         return [{"name": r.name, "columns": r.width, "rows": r.height, "legend": r.legend,
                  "extent": r.legend.get("extent"), "job_id": r.job_id,
-                 "created_at": r.created_at.isoformat() if r.created_at else None} for r in rows]
+                 "created_at": iso_utc(r.created_at)} for r in rows]
 
     def sealed_heatmap(self, slide_id: str, name: str) -> bytes:
         with self._read() as session:
@@ -270,7 +288,7 @@ class Annotations:
             "slidebank": {
                 "class": row.class_name, "color": row.color, "author": row.author,
                 "job_id": row.job_id, "bbox": [row.min_x, row.min_y, row.max_x, row.max_y],
-                "updated_at": row.updated_at.isoformat() if row.updated_at else None,
+                "updated_at": iso_utc(row.updated_at),
             },
         }
 
@@ -288,8 +306,9 @@ class Annotations:
             setattr(row, name, value)
 
     @staticmethod
-    def _conditions(session: Session, image_id: int, viewport: Viewport | None, classes: Sequence[str] | None) -> list:
-        conditions: list[Any] = [AnnotationFeature.image_id == image_id]
+    def _conditions(image_id: int, viewport: Viewport | None, classes: Sequence[str] | None) -> list:
+        # With a viewport the image is named inside each size-class branch instead (see below).
+        conditions: list[Any] = [] if viewport is not None else [AnnotationFeature.image_id == image_id]
         if classes is not None:
             named = [c for c in classes if c]
             wanted = [AnnotationFeature.class_name.in_(named)] if named else []
@@ -297,22 +316,20 @@ class Annotations:
                 wanted.append(AnnotationFeature.class_name.is_(None))
             conditions.append(or_(*wanted) if wanted else AnnotationFeature.id.is_(None))
         if viewport is not None:
-            present = session.scalars(
-                select(AnnotationFeature.size_class).where(AnnotationFeature.image_id == image_id).distinct()
-            ).all()
-            per_class = []
-            for size in present:
-                reach = float(2 ** size)  # a feature of this class starts at most `reach` before the viewport
-                per_class.append(and_(
+            # One bounded range per size class; absent classes cost one index seek each, which is
+            # cheaper than asking which classes are present (a scan of the slide's index entries).
+            # Each branch repeats the image: SQLite then runs the OR as one index range per branch.
+            per_class = [
+                and_(
+                    AnnotationFeature.image_id == image_id,
                     AnnotationFeature.size_class == size,
-                    AnnotationFeature.min_x.between(viewport.x0 - reach, viewport.x1),
-                    AnnotationFeature.min_y.between(viewport.y0 - reach, viewport.y1),
-                ))
-            conditions += [
-                or_(*per_class) if per_class else AnnotationFeature.id.is_(None),
-                AnnotationFeature.max_x >= viewport.x0,
-                AnnotationFeature.max_y >= viewport.y0,
+                    AnnotationFeature.min_x.between(viewport.x0 - 2.0**size, viewport.x1),
+                    AnnotationFeature.min_y.between(viewport.y0 - 2.0**size, viewport.y1),
+                )
+                for size in range(MAX_SIZE_CLASS + 1)
             ]
+            conditions += [or_(*per_class), AnnotationFeature.max_x >= viewport.x0,
+                           AnnotationFeature.max_y >= viewport.y0]
         return conditions
 
     @staticmethod
@@ -330,3 +347,4 @@ class Annotations:
         if row is None:
             raise AnnotationNotFound(f"no annotation {feature_id!r} on slide {slide_id!r}")
         return row
+

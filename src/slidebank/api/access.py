@@ -72,11 +72,12 @@ def access_routes(node: Node, gatekeeper: Gatekeeper) -> APIRouter:
         response.delete_cookie(CSRF_COOKIE)
         return {"name": caller.name, "logged_out": True}
 
-    @router.get("/api/me", summary="The caller: name, role, readable datasets, committees")
+    @router.get("/api/me", summary="The caller: name, role, readable and stewarded datasets, committees")
     def me(caller: Principal = Depends(current)) -> dict:
         readable = None if caller.readable is None else sorted(caller.readable)
         return {"name": caller.name, "role": caller.role, "readable_datasets": readable,
-                "committees": sorted(caller.committees), "grants": caller.grants}
+                "committees": sorted(caller.committees), "stewarded_datasets": sorted(caller.stewarded),
+                "grants": caller.grants}
 
     @router.post("/api/access-requests", status_code=201, summary="Ask a dataset's committee for access")
     def file_request(body: NewRequest, caller: Principal = Depends(user)) -> dict:

@@ -56,16 +56,19 @@ def annotation_routes(node: Node, gatekeeper: Gatekeeper) -> APIRouter:
         gatekeeper.slide_dataset(caller, slide_id)
         return annotations.classes(slide_id)
 
-    @router.get("/api/slides/{slide_id}/annotations/density", summary="Feature counts on a grid (zoomed out)")
+    @router.get("/api/slides/{slide_id}/annotations/density", summary="Feature counts on a grid (zoomed out); default: the whole slide")
     def density(
-        slide_id: SlideId, bbox: Annotated[str, Query(max_length=200)], caller: Principal = Depends(current),
+        slide_id: SlideId, caller: Principal = Depends(current), bbox: BBox = None,
         columns: Annotated[int, Query(ge=1, le=256)] = 64, rows: Annotated[int, Query(ge=1, le=256)] = 64,
         classes: Classes = None,
     ) -> dict:
         gatekeeper.read_tile(caller, slide_id, "annotations")
-        return annotations.density(slide_id, Viewport.parse(bbox), columns, rows, classes)
+        viewport = Viewport.parse(bbox) if bbox else annotations.slide_extent(slide_id)
+        return annotations.density(slide_id, viewport, columns, rows, classes)
 
-    @router.get("/api/slides/{slide_id}/annotations.geojson", summary="Every feature, as QuPath imports it")
+    @router.get("/api/slides/{slide_id}/annotations.geojson", summary="Every feature, as QuPath imports it",
+                response_class=JSONResponse,
+                responses={200: {"content": {"application/geo+json": {"schema": {"type": "object"}}}}})
     def export(slide_id: SlideId, caller: Principal = Depends(current)) -> JSONResponse:
         gatekeeper.read_slide(caller, slide_id, "annotations.export")
         collection = {"type": "FeatureCollection", "features": list(annotations.iter_export(slide_id))}

@@ -82,11 +82,11 @@ def processing_routes(node: Node, gatekeeper: Gatekeeper) -> APIRouter:
         gatekeeper.slide_dataset(caller, slide_id)
         return node.annotations.heatmaps(slide_id)
 
-    @router.get("/api/slides/{slide_id}/heatmaps/{name}.png", response_class=Response,
-                summary="A heatmap as a transparent PNG spanning the whole slide")
-    def heatmap(slide_id: SlideId, name: str, caller: Principal = Depends(current)) -> Response:
-        gatekeeper.read_slide(caller, slide_id, "heatmap.read", heatmap=name)
-        png = unseal(node.annotations.sealed_heatmap(slide_id, name), node.keys)
+    @router.get("/api/slides/{slide_id}/heatmaps/{heatmap}.png", response_class=Response,
+                summary="A heatmap as a transparent PNG covering its `extent` (level-0 pixels from the corner)")
+    def heatmap(slide_id: SlideId, heatmap: str, caller: Principal = Depends(current)) -> Response:
+        gatekeeper.read_slide(caller, slide_id, "heatmap.read", heatmap=heatmap)
+        png = unseal(node.annotations.sealed_heatmap(slide_id, heatmap), node.keys)
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, no-cache"})
 
     return router

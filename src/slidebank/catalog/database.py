@@ -10,6 +10,7 @@ it) up front. PostgreSQL needs none of this.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,13 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_begin(connection: Connection) -> None:
         mode = connection.get_execution_options().get(BEGIN_OPTION)
         connection.exec_driver_sql("BEGIN IMMEDIATE" if mode == "IMMEDIATE" else "BEGIN")
+
+
+def iso_utc(moment: datetime | None) -> str | None:
+    """ISO 8601 in UTC: everything is stored in UTC, but SQLite hands datetimes back without a zone."""
+    if moment is None:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -38,7 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from slidebank.catalog.database import WRITE_OPTIONS, session_factory
+from slidebank.catalog.database import WRITE_OPTIONS, iso_utc, session_factory
 from slidebank.catalog.models import (
     Annotation,
     BiologicalBeing,
@@ -260,13 +260,6 @@ def _bounded_alias(alias: str) -> str:
     digest = hashlib.sha256(alias.encode()).hexdigest()[:16]
     return f"{alias[: MAX_ALIAS - 18]}~{digest}"
 
-
-def _iso(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    if moment.tzinfo is None:  # SQLite returns naive datetimes; we always store UTC
-        moment = moment.replace(tzinfo=UTC)
-    return moment.isoformat()
 
 
 def _code(code: str | None, scheme: str | None, meaning: str | None) -> dict[str, str] | None:
@@ -698,7 +691,7 @@ class Catalog:
                     "data_use": policy.codes,
                     "organisation": organisation,
                     "images": int(images),
-                    "created_at": _iso(dataset.created_at),
+                    "created_at": iso_utc(dataset.created_at),
                 }
                 for dataset, policy, organisation, images in session.execute(statement)
             ]
@@ -824,7 +817,7 @@ class Catalog:
                 "species": strings.get(row.id, {}).get("species"),
                 "organ": strings.get(row.id, {}).get("organ"),
                 "diagnosis": strings.get(row.id, {}).get("diagnosis"),
-                "ingested_at": _iso(row.ingested_at),
+                "ingested_at": iso_utc(row.ingested_at),
             }
             for row in rows
         ]

@@ -83,6 +83,8 @@ def run(
         print_json(job)
     else:
         console.print(f"job {job['id']}: {job['state']}" + (f" ({job['error']})" if job.get("error") else ""))
+        if job["state"] == "queued":
+            console.print("it runs when `slidebank serve` or `slidebank jobs work` is running (or use --wait)")
     if wait and job["state"] != "done":
         raise typer.Exit(1)
 
@@ -185,17 +187,14 @@ def jobs_cancel(job_id: str, as_json: JsonOption = False, home: HomeOption = Non
 @jobs_app.command("work")
 def jobs_work(scheduler: SchedulerOption = None, workers: WorkersOption = None, home: HomeOption = None) -> None:
     """Run queued jobs until interrupted (what `slidebank serve` does in the background)."""
-    import threading
-
     from slidebank.jobs.runner import ClusterSettings, JobRunner
 
     node = open_node(home)
-    stop = threading.Event()
     with JobRunner(node, ClusterSettings.from_environment(scheduler, workers)) as runner:
         try:
-            runner.serve_forever(stop)
-        except KeyboardInterrupt:
-            stop.set()
+            runner.serve_forever()
+        except KeyboardInterrupt:  # a job in flight stays running; the next runner resumes it
+            pass
     node.close()
 
 

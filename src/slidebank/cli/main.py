@@ -100,7 +100,12 @@ def ingest(
 
 def _quality_control(node: Any, slide_ids: list[str], quiet: bool) -> None:
     """QC of freshly ingested slides; its outcome goes to stderr (stdout stays one line per slide)."""
-    job = run_queued_qc(node, slide_ids, quiet)
+    try:
+        job = run_queued_qc(node, slide_ids, quiet)
+    except Exception as error:  # the slides are in; a cluster that cannot start must not hide that
+        console.print(f"[yellow]quality control did not run[/yellow]: {error}; the job stays queued for "
+                      "`slidebank serve` or `slidebank jobs work`")
+        return
     if job is None:
         return
     flagged = [t for t in job["tasks"] if t["summary"].get("flags")]
@@ -336,8 +341,9 @@ def serve(
     # Granian (a Rust HTTP server) runs the same ASGI app as uvicorn would; on tile serving it answers
     # ~30% more requests per core, because writing responses to sockets is most of a tile's cost.
     stop = threading.Event()
+    loop = threading.Thread(target=_job_loop, args=(home, stop), name="slidebank-jobs", daemon=True)
     if jobs:  # jobs live in the database: this loop resumes what a previous server left running
-        threading.Thread(target=_job_loop, args=(home, stop), name="slidebank-jobs", daemon=True).start()
+        loop.start()
     try:
         Granian(
             "slidebank.api.app:create_app", factory=True, address=host, port=port, interface=Interfaces.ASGI,
@@ -345,15 +351,17 @@ def serve(
             log_access=access_log, respawn_failed_workers=True,
         ).serve()
     finally:
-        stop.set()
+        stop.set()  # a job in flight is left running, for the next server to resume
+        if loop.is_alive():
+            loop.join(timeout=20)
 
 
 def _job_loop(home: Path | None, stop: Any) -> None:
     from slidebank.jobs.runner import JobRunner
 
     node = open_node(home)
-    with JobRunner(node) as runner:
-        runner.serve_forever(stop)
+    with JobRunner(node, stop=stop) as runner:  # closing the runner shuts its Dask cluster down
+        runner.serve_forever()
     node.close()
 
 

@@ -47,23 +47,39 @@ class ClusterSettings:
         )
 
 
-class JobRunner:
-    """Runs jobs of one node; the Dask client is created on first use and closed by `close`."""
+class RunnerStopping(Exception):
+    """The runner is shutting down mid-job: the job stays `running` and the next runner resumes it."""
 
-    def __init__(self, node: Node, cluster: ClusterSettings | None = None) -> None:
+
+class JobRunner:
+    """Runs jobs of one node; the Dask client is created on first use and closed by `close`.
+
+    `stop`, when set, ends `serve_forever` and interrupts a job being driven (without finishing it).
+    """
+
+    def __init__(self, node: Node, cluster: ClusterSettings | None = None,
+                 stop: threading.Event | None = None) -> None:
         self._node = node
         self._settings = cluster or ClusterSettings.from_environment()
+        self._stop = stop or threading.Event()
         self._client: Any = None
         self._cluster: Any = None
 
     @property
     def client(self) -> Any:
         if self._client is None:
+            import dask
             from dask.distributed import Client, LocalCluster
 
             if self._settings.scheduler:
                 self._client = Client(self._settings.scheduler, timeout="20s")
             else:
+                # Dask's nannies set MALLOC_TRIM_THRESHOLD_ in workers, which turns off glibc's adaptive
+                # mmap threshold: every large array becomes a fresh mmap and page faults, and QC of a
+                # 1-Gpx slide took twice as long as in one process. Pixel work allocates big arrays.
+                environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ").items()
+                           if k != "MALLOC_TRIM_THRESHOLD_"}
+                dask.config.set({"distributed.nanny.pre-spawn-environ": environ})
                 self._cluster = LocalCluster(
                     n_workers=self._settings.workers, threads_per_worker=1, processes=self._settings.processes,
                     memory_limit=self._settings.worker_memory, dashboard_address="127.0.0.1:0",
@@ -110,6 +126,11 @@ class JobRunner:
             for task in jobs.pending_tasks(job_uuid)
         ]
         state, error = self._drive(job_uuid, requests, deadline, on_progress)
+        if state == "done":  # tasks that failed under an earlier runner still fail the job
+            failed = [t for t in jobs.get(job_uuid)["tasks"] if t["state"] != "done"]
+            if failed:
+                state = "failed"
+                error = f"{len(failed)} slide(s) failed: " + "; ".join(f"{t['slide_id']}: {t['error']}" for t in failed[:3])
         final = jobs.finish(job_uuid, state, error)
         if on_progress:
             on_progress(final)
@@ -126,6 +147,9 @@ class JobRunner:
         pending = set(futures)
         failures: list[str] = []
         while pending:
+            if self._stop.is_set():
+                self.client.cancel(list(pending))
+                raise RunnerStopping(job_uuid)
             try:
                 done, pending = wait(pending, timeout=HEARTBEAT_SECONDS, return_when="FIRST_COMPLETED")
             except TimeoutError:  # nothing finished within a heartbeat
@@ -171,15 +195,17 @@ class JobRunner:
                 return self.run(job_uuid, on_progress)  # its runner died: take it over
             time.sleep(poll_seconds)
 
-    def serve_forever(self, stop: threading.Event, poll_seconds: float = 2.0) -> None:
+    def serve_forever(self, poll_seconds: float = 2.0) -> None:
         """Run queued (and orphaned) jobs until `stop` is set: the API server's job loop."""
         log = logging.getLogger("slidebank.jobs")
-        while not stop.is_set():
+        while not self._stop.is_set():
             for job_uuid in self._node.jobs.claimable():
-                if stop.is_set():
+                if self._stop.is_set():
                     break
                 try:
                     self.run(job_uuid)
+                except RunnerStopping:
+                    return
                 except Exception:  # keep serving other jobs; the job's own record says what happened
                     log.exception("job %s", job_uuid)
-            stop.wait(poll_seconds)
+            self._stop.wait(poll_seconds)

@@ -11,13 +11,13 @@ import os
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Engine, func, or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
-from slidebank.catalog.database import WRITE_OPTIONS, session_factory
+from slidebank.catalog.database import WRITE_OPTIONS, iso_utc, session_factory
 from slidebank.catalog.models import Image, utcnow
 from slidebank.jobs.models import Job, JobTask
 
@@ -162,6 +162,17 @@ class Jobs:
             self._finish(session, job, state, error)
             return self._json(job, tasks=False)
 
+    def forget_slides(self, slide_ids: Sequence[str]) -> int:
+        """Erasure: drop what job records say about these slides (results, errors, input digests)."""
+        if not slide_ids:
+            return 0
+        with self._write.begin() as session:
+            result = session.execute(
+                update(JobTask).where(JobTask.slide_id.in_(list(slide_ids)))
+                .values(summary={}, error=None, input_sha256=None)
+            )
+            return int(result.rowcount or 0)
+
     def job_id(self, job_uuid: str) -> int:
         with self._read() as session:
             return self._job(session, job_uuid).id
@@ -201,7 +212,7 @@ class Jobs:
         return {
             "slide_id": task.slide_id, "state": task.state, "attempts": task.attempts,
             "input_sha256": task.input_sha256, "seconds": task.seconds, "error": task.error,
-            "summary": task.summary or {}, "started_at": _iso(task.started_at), "finished_at": _iso(task.finished_at),
+            "summary": task.summary or {}, "started_at": iso_utc(task.started_at), "finished_at": iso_utc(task.finished_at),
         }
 
     def _json(self, job: Job, tasks: bool) -> dict[str, Any]:
@@ -216,13 +227,10 @@ class Jobs:
             "progress": {"done": finished, "total": len(job.tasks), "tasks": counts},
             "limits": {"time_s": job.time_limit_s, "memory_mb": job.memory_limit_mb},
             "runner": job.runner, "scheduler": job.scheduler,
-            "created_at": _iso(job.created_at), "started_at": _iso(job.started_at),
-            "finished_at": _iso(job.finished_at), "error": job.error, "log": list(job.log or []),
+            "created_at": iso_utc(job.created_at), "started_at": iso_utc(job.started_at),
+            "finished_at": iso_utc(job.finished_at), "error": job.error, "log": list(job.log or []),
         }
         if tasks:
             body["tasks"] = [self._task_json(t) for t in job.tasks]
         return body
 
-
-def _iso(moment: datetime | None) -> str | None:
-    return moment.isoformat() if moment else None

@@ -155,13 +155,13 @@ def _run(node: Node, request: TaskRequest, started: float) -> TaskOutcome:
 
 
 def store_results(node: Node, request: TaskRequest, result: SlideResult) -> dict[str, Any]:
-    """Write values, features and heatmaps, replacing what an earlier attempt of this job wrote."""
+    """Write values, features and heatmaps, replacing what earlier runs of the algorithm wrote."""
     author = f"{request.algorithm}@{request.version}"
     try:
         features = [parse_feature(f) for f in result.features]
     except AnnotationError as error:
         raise JobStopped("failed", f"{author} produced an invalid feature: {error}") from None
-    node.annotations.delete_job_results(request.slide_id, request.job_id)
+    node.annotations.delete_algorithm_results(request.slide_id, request.algorithm)
     if features:
         node.annotations.add(request.slide_id, features, author, job_id=request.job_id)
     if result.values:

@@ -1,7 +1,8 @@
-"""The web app: a catalog page and a slide viewer, served by the API process.
+"""The web app: a catalog page, a slide viewer (with annotations, QC and heatmaps) and a jobs page,
+served by the API process.
 
-Plain HTML and JavaScript over the JSON API, Deep Zoom and thumbnails; OpenSeadragon is copied
-from npm into `static/vendor/` at build time (`make web`), so nothing is fetched from a CDN.
+Plain HTML and JavaScript over the JSON API, Deep Zoom and thumbnails; OpenSeadragon and Annotorious
+are copied from npm into `static/vendor/` at build time (`make web`), so nothing is fetched from a CDN.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ def mount_web(app: FastAPI, gatekeeper: Gatekeeper) -> None:
     @app.get("/", response_class=FileResponse, include_in_schema=False)
     def catalog_page() -> FileResponse:
         return FileResponse(PAGES / "catalog.html", media_type="text/html")
+
+    @app.get("/jobs", response_class=FileResponse, include_in_schema=False)
+    def jobs_page() -> FileResponse:  # the page asks /api/jobs, which answers only a logged-in caller
+        return FileResponse(PAGES / "jobs.html", media_type="text/html")
 
     @app.get("/view/{slide_id}", response_class=FileResponse, response_model=None, include_in_schema=False)
     def viewer_page(slide_id: str, request: Request) -> FileResponse | HTMLResponse:

@@ -1,5 +1,8 @@
 // Slide page: OpenSeadragon on the Deep Zoom source, magnification buttons and readout, scale bar
-// from µm/px, keyboard like pathologists' viewers, and the slide's metadata and provenance.
+// from µm/px, keyboard like pathologists' viewers, the slide's metadata and provenance, and the
+// panels for its annotations (annotations.js) and its quality control and heatmaps (quality.js).
+import { showAnnotations } from "./annotations.js";
+import { showQuality } from "./quality.js";
 import { showAccount } from "./session.js";
 
 const slideId = decodeURIComponent(location.pathname.split("/").pop());
@@ -132,9 +135,13 @@ function showDetails() {
   for (const [name, value] of Object.entries(slide.provenance || {})) {
     provenance.append(element("dt", {}, label(name)), element("dd", {}, ...describe(value)));
   }
-  document.querySelector("#details").replaceChildren(
+  document.querySelector("#slide-info").replaceChildren(
     element("h2", {}, "Slide"), list, element("h2", {}, "Provenance"), provenance,
     element("p", { class: "muted" }, `Original SHA-256 ${slide.source_sha256}`));
 }
 showDetails();
-showAccount(() => location.reload());
+const me = await showAccount(() => location.reload());  // what one may do here changes with the session
+await Promise.all([
+  showQuality(viewer, slide, me, document.querySelector("#quality-panel")),
+  showAnnotations(viewer, slide, me, document.querySelector("#annotations-panel")),
+]);

@@ -1,0 +1,270 @@
+"""Annotations, QC heatmaps and jobs in the web app: real Chromium (Debian's) driven by Playwright,
+against a real `slidebank serve`, with data put there by the real command line."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from conftest import REPO, json_lines, open_dataset, run_cli, running_server
+from PIL import Image
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+PASSWORD = "annotate the margins"
+LOADED = ("window.slidebankViewer && window.slidebankViewer.world.getItemCount() === 1 "
+          "&& window.slidebankViewer.world.getItemAt(0).getFullyLoaded() "
+          "&& window.slidebankAnnotations && document.querySelector('#annotations-panel').dataset.mode")
+GREEN = "#00ff00"  # the test's class colour: nothing on an H&E slide is this green
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed (make system-deps)")
+
+
+@dataclass(frozen=True)
+class Site:
+    base: str
+    slide_id: str
+    flagged_id: str  # a slide with too little tissue: QC flags it
+    token: str  # the researcher's API token
+    home: Path
+
+    def api(self, path: str) -> httpx.Response:
+        return httpx.get(f"{self.base}{path}", headers={"Authorization": f"Bearer {self.token}"}, timeout=10)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory, aperio_slide) -> Iterator[Site]:  # noqa: ANN001
+    ARTIFACTS.mkdir(exist_ok=True)
+    home = tmp_path_factory.mktemp("annotations") / "node"
+    run_cli("init", home=home, check=True)
+    open_dataset(home, "breast")
+    [slide] = json_lines(run_cli("ingest", str(aperio_slide.path), "--json", "--dataset", "breast",
+                                 home=home, check=True).stdout)  # ingest runs QC: heatmaps, a done job
+    small = home.parent / "small.svs"
+    run_cli("synth", str(small), "--width", "800", "--height", "600", home=home, check=True)
+    [flagged] = json_lines(run_cli("ingest", str(small), "--json", "--dataset", "breast", home=home, check=True).stdout)
+    for name, role in (("ana", "researcher"), ("ada", "administrator")):
+        run_cli("users", "add", name, "--role", role, "--password-stdin", home=home, check=True, stdin=PASSWORD + "\n")
+    token = run_cli("tokens", "create", "ana", home=home, check=True).stdout.strip().splitlines()[-1]
+    with running_server(home) as base:
+        yield Site(base, slide["slide_id"], flagged["slide_id"], token, home)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+def logged_in_page(browser, base: str, name: str):  # noqa: ANN001, ANN201
+    page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+    page.goto(f"{base}/")
+    page.fill("#login input[name=name]", name)
+    page.fill("#login input[name=password]", PASSWORD)
+    page.click("#login button")
+    page.wait_for_selector("#who")
+    return page
+
+
+def open_viewer(page, site: Site) -> None:  # noqa: ANN001
+    page.goto(f"{site.base}/view/{site.slide_id}")
+    page.wait_for_function(LOADED)
+
+
+def to_image(page, x: float, y: float) -> tuple[float, float]:  # noqa: ANN001
+    """Level-0 pixel under a page point, as OpenSeadragon maps it."""
+    point = page.evaluate("""([x, y]) => {
+        const box = document.querySelector('#viewer').getBoundingClientRect();
+        const p = slidebankViewer.world.getItemAt(0).viewerElementToImageCoordinates(
+            new OpenSeadragon.Point(x - box.left, y - box.top));
+        return [p.x, p.y];
+    }""", [x, y])
+    return point[0], point[1]
+
+
+def green_pixels(page, box: tuple[float, float, float, float]) -> int:  # noqa: ANN001
+    x0, y0, x1, y1 = box
+    shot = page.screenshot(clip={"x": x0 - 6, "y": y0 - 6, "width": x1 - x0 + 12, "height": y1 - y0 + 12})
+    rgb = np.asarray(Image.open(io.BytesIO(shot)).convert("RGB")).astype(int)
+    return int(((rgb[..., 1] > 180) & (rgb[..., 0] < 100) & (rgb[..., 2] < 100)).sum())
+
+
+def wait_for_green(page, box: tuple[float, float, float, float], present: bool) -> int:  # noqa: ANN001
+    # Annotorious draws on a WebGL canvas on its next frame: look until the outline is (not) there.
+    for _ in range(50):
+        count = green_pixels(page, box)
+        if (count > 100) == present:
+            return count
+        page.wait_for_timeout(100)
+    raise AssertionError(f"outline {'not drawn' if present else 'still drawn'} ({count} green pixels)")
+
+
+def test_draw_a_rectangle_save_show_hide_and_delete_it(site: Site, browser) -> None:  # noqa: ANN001
+    page = logged_in_page(browser, site.base, "ana")
+    open_viewer(page, site)
+    page.fill("#new-class", "tumour margin")
+    page.fill("#new-color", GREEN)
+    page.click("button[data-tool=rectangle]")
+    start, end = (420, 300), (640, 460)
+    expected = (*to_image(page, *start), *to_image(page, *end))
+    zoom = page.evaluate("slidebankViewer.world.getItemAt(0).viewportToImageZoom(slidebankViewer.viewport.getZoom(true))")
+    tolerance = 3 / zoom  # three screen pixels, in level-0 pixels
+    page.mouse.move(*start)
+    page.mouse.down()
+    page.mouse.move(530, 380, steps=5)
+    page.mouse.move(*end, steps=5)
+    page.mouse.up()
+    page.wait_for_function("document.querySelector('#annotation-classes li[data-class=\"tumour margin\"]')")
+
+    features = site.api(f"/api/slides/{site.slide_id}/annotations?class=tumour%20margin").json()["features"]
+    assert len(features) == 1, features
+    [feature] = features
+    assert feature["geometry"]["type"] == "Polygon" and len(feature["geometry"]["coordinates"][0]) == 5
+    assert feature["properties"]["classification"] == {"name": "tumour margin", "color": [0, 255, 0]}
+    assert feature["slidebank"]["author"] == "ana" and feature["slidebank"]["color"] == GREEN
+    assert all(abs(got - want) <= tolerance for got, want in zip(feature["slidebank"]["bbox"], expected)), \
+        (feature["slidebank"]["bbox"], expected, tolerance)
+
+    page.reload()  # from the server now: drawn, and listed under its class
+    page.wait_for_function(LOADED)
+    page.wait_for_function(f"slidebankAnnotations.annotator.getAnnotationById('{feature['id']}')")
+    listed = page.locator("#annotation-classes li[data-class='tumour margin']")
+    assert listed.locator(".name").inner_text() == "tumour margin" and listed.locator(".count").inner_text() == "1"
+    outline = (*start, *end)
+    wait_for_green(page, outline, present=True)
+    page.screenshot(path=ARTIFACTS / "viewer-annotation.png")
+
+    listed.locator("input[type=checkbox]").uncheck()  # the class off: the outline goes
+    wait_for_green(page, outline, present=False)
+    listed.locator("input[type=checkbox]").check()
+    wait_for_green(page, outline, present=True)
+
+    page.mouse.click(530, 380)  # select it (pan tool), then delete it from the panel
+    page.wait_for_selector("#annotation-selected:not([hidden])")
+    assert "tumour margin" in page.locator("#annotation-selected").inner_text()
+    page.click("#annotation-selected .delete")
+    page.wait_for_function("!document.querySelector('#annotation-classes li[data-class=\"tumour margin\"]')")
+    assert site.api(f"/api/slides/{site.slide_id}/annotations?class=tumour%20margin").json()["features"] == []
+    wait_for_green(page, outline, present=False)
+    assert page.locator("#annotation-error").inner_text() == ""
+    page.context.close()
+
+
+def test_tissue_heatmap_overlay_and_qc_numbers(site: Site, browser) -> None:  # noqa: ANN001
+    page = browser.new_page(viewport={"width": 1400, "height": 900})  # anonymous: the dataset is open
+    open_viewer(page, site)
+    names = page.locator("#heatmaps li").evaluate_all("items => items.map(i => i.dataset.heatmap)")
+    assert {"tissue", "blur"} <= set(names)
+    assert page.locator("#qc-passed, #qc-flagged").count() == 1
+    assert "Tissue area" in page.locator("#qc-values").inner_text()
+    qc = site.api(f"/api/slides/{site.slide_id}").json()["qc"]
+    assert page.locator("#qc-flagged" if qc["passed"] == 0 else "#qc-passed").is_visible()
+
+    with page.expect_response(lambda r: r.url.endswith("/heatmaps/tissue.png")) as answer:
+        page.check("#heatmaps input[value=tissue]")
+    response = answer.value
+    assert response.status == 200 and response.headers["content-type"] == "image/png"
+    page.wait_for_function("document.querySelector('img.heatmap-overlay[data-heatmap=tissue]')?.naturalWidth > 0")
+    # stretched over the level-0 extent its grid covers (the whole slide, where the API does not say)
+    [tissue] = [h for h in site.api(f"/api/slides/{site.slide_id}/heatmaps").json() if h["name"] == "tissue"]
+    slide = site.api(f"/api/slides/{site.slide_id}").json()
+    extent = tissue.get("extent") or [slide["width"], slide["height"]]
+    expected = page.evaluate("""([width, height]) => {
+        const image = slidebankViewer.world.getItemAt(0);
+        const rect = image.imageToViewportRectangle(0, 0, width, height);
+        const r = slidebankViewer.viewport.viewportToViewerElementRectangle(rect);
+        return [r.width, r.height]; }""", extent)
+    overlay = page.locator("img.heatmap-overlay").bounding_box()
+    assert overlay and abs(overlay["width"] - expected[0]) < 1 and abs(overlay["height"] - expected[1]) < 1
+    page.uncheck("#heatmaps input[value=tissue]")
+    assert page.locator("img.heatmap-overlay").count() == 0
+
+    page.goto(f"{site.base}/view/{site.flagged_id}")
+    page.wait_for_selector("#qc-flagged")
+    assert "QC flagged" in page.locator("#qc-flagged").inner_text()
+    assert "too little tissue" in page.locator("#qc-flagged").inner_text()
+    assert page.locator("#qc-passed").count() == 0
+    page.close()
+
+
+def test_many_small_features_are_a_density_zoomed_out_and_outlines_zoomed_in(
+    site: Site, browser, tmp_path: Path,  # noqa: ANN001
+) -> None:
+    generator = random.Random(11)
+    features = []
+    for _ in range(300):  # hexagons 10 px across: ~3 screen px at the whole-slide view
+        cx, cy = generator.uniform(100, 2900), generator.uniform(100, 2300)
+        ring = [[round(cx + 5 * math.cos(k * math.pi / 3), 2), round(cy + 5 * math.sin(k * math.pi / 3), 2)]
+                for k in range(6)]
+        classification = {"name": "nucleus", "color": [20, 120, 220]}
+        features.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[*ring, ring[0]]]},
+                         "properties": {"objectType": "detection", "classification": classification}})
+    document = tmp_path / "nuclei.geojson"
+    document.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    run_cli("annotations", "import", site.slide_id, str(document), home=site.home, check=True)
+
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    open_viewer(page, site)
+    nuclei_drawn = ("slidebankAnnotations.annotator.getAnnotations()"
+                    ".filter(a => slidebankAnnotations.state.features.get(a.id)?.slidebank.class === 'nucleus').length")
+    page.wait_for_function("document.querySelector('#annotations-panel').dataset.mode === 'density'")
+    assert page.locator("#viewer canvas.annotation-density").count() == 1
+    assert page.evaluate(nuclei_drawn) == 0, "zoomed out, no nucleus is drawn as an outline"
+    cells = page.evaluate("""(() => {
+        const canvas = document.querySelector('canvas.annotation-density');
+        const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+        let filled = 0;
+        for (let i = 3; i < data.length; i += 4) if (data[i] > 0) filled++;
+        return filled; })()""")
+    assert cells > 50, f"the density raster has {cells} filled cells"
+    assert page.locator("#annotation-classes li[data-class=nucleus] .count").inner_text() == "300"
+    page.screenshot(path=ARTIFACTS / "viewer-density.png")
+
+    page.keyboard.press("4")  # 40×: a few dozen nuclei in view, each ~10 screen pixels
+    page.wait_for_function("document.querySelector('#annotations-panel').dataset.mode === 'features'")
+    page.wait_for_function(f"{nuclei_drawn} > 0")
+    assert page.locator("#viewer canvas.annotation-density").count() == 0
+    assert page.locator("#viewer canvas.a9s-gl-canvas").count() == 1  # Annotorious's layer draws them
+    page.screenshot(path=ARTIFACTS / "viewer-outlines.png")
+    page.close()
+
+
+def test_jobs_page_shows_jobs_and_follows_a_new_one(site: Site, browser) -> None:  # noqa: ANN001
+    admin = logged_in_page(browser, site.base, "ada")  # the ingest's QC job is the operator's: admins see it
+    admin.click("a.nav[href='/jobs']")
+    admin.wait_for_selector("#jobs tbody tr")
+    row = admin.locator("#jobs tbody tr").filter(has=admin.locator(f"li[data-slide-id='{site.slide_id}']")).first
+    assert row.get_attribute("data-state") == "done"
+    assert "qc" in row.inner_text() and "operator" in row.inner_text()
+    row.locator(f"a[href='/view/{site.slide_id}']").click()
+    admin.wait_for_url(f"**/view/{site.slide_id}")
+    admin.context.close()
+
+    researcher = logged_in_page(browser, site.base, "ana")
+    open_viewer(researcher, site)
+    researcher.select_option("#run-algorithm select", "qc")
+    researcher.click("#run-algorithm button")
+    researcher.click("#run-algorithm a")
+    researcher.wait_for_url("**/jobs")
+    researcher.wait_for_selector("#jobs tbody tr")
+    assert researcher.locator("#jobs tbody tr").count() == 1  # one's own jobs only
+    # the page asks again every 2 s until the job is over
+    researcher.wait_for_function("document.querySelector('#jobs tbody tr').dataset.state === 'done'", timeout=60_000)
+    assert researcher.locator("#jobs tbody tr td.progress").inner_text().strip() == "1 / 1"
+    researcher.context.close()
