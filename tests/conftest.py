@@ -25,6 +25,12 @@ os.environ.setdefault("SLIDEBANK_DASK_WORKERS", "2")
 REPO = Path(__file__).resolve().parents[1]
 SHARED_SLIDES = Path(os.environ.get("SLIDEBANK_SHARED_SLIDES", REPO.parent / "shared" / "slides"))
 SLIDEBANK_BIN = Path(sys.executable).with_name("slidebank")
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
 
 
 @pytest.fixture
@@ -74,6 +80,17 @@ def generic_slide(synthetic_dir: Path):  # noqa: ANN201 - SyntheticSlide
     return write_synthetic_slide(synthetic_dir / "generic.tiff", 1500, 1100, vendor="generic", seed=3)
 
 
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """Debian's Chromium driven by Playwright, one per test module."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
 def run_cli(
     *args: str, home: Path, check: bool = False, timeout: float = 600, stdin: str | None = None,
     env: dict[str, str] | None = None,
@@ -108,7 +125,7 @@ def running_server(home: Path, *extra: str, env: dict[str, str] | None = None) -
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60  # generous: CI machines are slow and busy
         while True:
             if process.poll() is not None:
                 raise RuntimeError(f"slidebank serve exited: {process.stderr.read() if process.stderr else ''}")
@@ -116,7 +133,7 @@ def running_server(home: Path, *extra: str, env: dict[str, str] | None = None) -
                 if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
                     break
             if time.monotonic() > deadline:
-                raise RuntimeError("slidebank serve did not come up in 30 s")
+                raise RuntimeError("slidebank serve did not come up in 60 s")
             time.sleep(0.1)
         yield base
     finally:

@@ -5,19 +5,12 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, json_lines, open_dataset, run_cli, running_server
+from conftest import ARTIFACTS, CHROMIUM, json_lines, open_dataset, run_cli, running_server
 from PIL import Image
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 
 STEWARD_PASSWORD = "slides are data"
 
@@ -48,16 +41,6 @@ def site(tmp_path_factory: pytest.TempPathFactory, aperio_slide, generic_slide) 
     run_cli("access", "reject", request, "--reason", "lung is open data already", home=home, check=True)
     with running_server(home) as base:
         yield base, slide["slide_id"]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 def test_catalog_search_open_zoom_and_pan_a_slide(site: tuple[str, str], browser) -> None:  # noqa: ANN001

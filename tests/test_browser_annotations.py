@@ -14,15 +14,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import REPO, json_lines, open_dataset, run_cli, running_server
+from conftest import ARTIFACTS, CHROMIUM, json_lines, open_dataset, run_cli, running_server
 from PIL import Image
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 PASSWORD = "annotate the margins"
 LOADED = ("window.slidebankViewer && window.slidebankViewer.world.getItemCount() === 1 "
           "&& window.slidebankViewer.world.getItemAt(0).getFullyLoaded() "
@@ -60,16 +54,6 @@ def site(tmp_path_factory: pytest.TempPathFactory, aperio_slide) -> Iterator[Sit
     token = run_cli("tokens", "create", "ana", home=home, check=True).stdout.strip().splitlines()[-1]
     with running_server(home) as base:
         yield Site(base, slide["slide_id"], flagged["slide_id"], token, home)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 def logged_in_page(browser, base: str, name: str):  # noqa: ANN001, ANN201

@@ -269,7 +269,8 @@ export async function showAnnotations(viewer, slide, me, panel) {
   function mayEdit(feature, { anyShape = false } = {}) {
     // The server decides (author, the dataset's steward, an administrator); this spares a 403.
     if (!loggedIn || !feature) return false;
-    const allowed = feature.slidebank?.author === me.name || me.role === "administrator" || me.role === "data_steward";
+    const allowed = feature.slidebank?.author === me.name || me.role === "administrator"
+      || (me.stewarded_datasets || []).includes(slide.dataset);
     return allowed && (anyShape || editable(feature.geometry));
   }
 
