@@ -624,3 +624,42 @@ def test_audit_chain_stays_whole_under_concurrent_writers(database_url: str) -> 
     finally:
         for engine in engines:
             engine.dispose()
+
+
+def test_annotation_index_facts_and_job_claims_on_both_databases(catalog: Catalog, engine: Engine) -> None:
+    """The parts of issue 5 that lean on SQL: viewport ranges, fact conditions, one claim per job."""
+    from shapely.geometry import box, shape
+    from test_annotations import random_features
+
+    from slidebank.annotations.geojson import parse_document
+    from slidebank.annotations.service import Annotations, Viewport
+    from slidebank.catalog.service import FactCondition
+    from slidebank.jobs.service import JobSpec, Jobs
+
+    catalog.register(make_slide("ANN-1"))
+    catalog.register(make_slide("ANN-2"))
+    annotations = Annotations(engine)
+    annotations.add("ANN-1", parse_document(random_features(600, seed=1)), "tester")
+    everything, _ = annotations.query("ANN-1", limit=10_000)
+    shapes = {f["id"]: box(*shape(f["geometry"]).bounds) for f in everything}
+    for x0, y0, size in ((0, 0, 500), (1200, 900, 300), (2900, 2300, 900), (-50, 1000, 60)):
+        found, total = annotations.query("ANN-1", Viewport(x0, y0, x0 + size, y0 + size), limit=10_000)
+        expected = {i for i, s in shapes.items() if s.intersects(box(x0, y0, x0 + size, y0 + size))}
+        assert {f["id"] for f in found} == expected and total == len(expected)
+    assert annotations.query("ANN-2", Viewport(0, 0, 3000, 3000))[1] == 0  # another slide's features stay put
+    density = annotations.density("ANN-1", Viewport(0, 0, 6000, 4800), 6, 4)
+    centred = sum(1 for f in everything if sum(f["slidebank"]["bbox"][0::2]) / 2 < 6000
+                  and sum(f["slidebank"]["bbox"][1::2]) / 2 < 4800)
+    assert sum(sum(map(sum, c["counts"])) for c in density["classes"]) == centred
+
+    catalog.set_facts("ANN-1", {"qc.blur_fraction": 0.01, "qc.flags": ""})
+    catalog.set_facts("ANN-2", {"qc.blur_fraction": 0.4, "qc.flags": "out of focus"})
+    def where(text: str) -> list[str]:
+        return [i["slide_id"] for i in catalog.search(SearchQuery(where=FactCondition.parse_all(text))).items]
+    assert where("qc.blur_fraction < 0.05") == ["ANN-1"] and where("qc.flags = 'out of focus'") == ["ANN-2"]
+    assert catalog.get_slide("ANN-2")["qc"] == {"blur_fraction": 0.4, "flags": "out of focus"}
+
+    jobs = Jobs(engine)
+    job = jobs.create(JobSpec("qc", "1.0.0", {}, ("ANN-1", "ANN-2"), "operator"))
+    assert [jobs.claim(job["id"], "tcp://a"), jobs.claim(job["id"], "tcp://b")] == [True, False]
+    assert jobs.claimable() == []  # running, with a fresh heartbeat

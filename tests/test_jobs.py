@@ -280,6 +280,7 @@ def test_nuclei_and_onnx_classifier_write_annotations_heatmaps_and_values(jobs_h
     nuclei = [f for f in listed["features"] if f["slidebank"]["class"] == "Nucleus"]
     assert len(nuclei) == first["tasks"][0]["summary"]["features"] > 20
     assert {f["slidebank"]["author"] for f in nuclei} == {"nuclei@1.0.0"}
+    assert {f["slidebank"]["job"] for f in nuclei} == {first["id"]}  # provenance: the run that wrote them
     assert all(f["geometry"]["type"] == "Polygon" and f["properties"]["measurements"]["area_px"] > 0 for f in nuclei)
     code, second = run_job(home, "nuclei", "--slide", slides[2], "--param", "max_tiles=2")
     again = json.loads(run_cli("annotations", "list", slides[2], "--json", "--limit", "100000", home=home,

@@ -26,6 +26,7 @@ from slidebank.annotations.geojson import (
 from slidebank.annotations.models import AnnotationFeature, Heatmap
 from slidebank.catalog.database import WRITE_OPTIONS, iso_utc, session_factory
 from slidebank.catalog.models import Image, new_uuid, utcnow
+from slidebank.jobs.models import Job
 
 INSERT_CHUNK = 2000
 MAX_SIZE_CLASS = size_class((0.0, 0.0, 2 * MAX_COORDINATE, 2 * MAX_COORDINATE))
@@ -256,11 +257,12 @@ class Annotations:
         with self._read() as session:
             image_id = self._image_id(session, slide_id)
             rows = session.execute(
-                select(Heatmap.name, Heatmap.width, Heatmap.height, Heatmap.legend, Heatmap.job_id, Heatmap.created_at)
-                .where(Heatmap.image_id == image_id).order_by(Heatmap.name)
+                select(Heatmap.name, Heatmap.width, Heatmap.height, Heatmap.legend, Job.uuid.label("job"),
+                       Heatmap.created_at)
+                .outerjoin(Job, Job.id == Heatmap.job_id).where(Heatmap.image_id == image_id).order_by(Heatmap.name)
             ).all()
         return [{"name": r.name, "columns": r.width, "rows": r.height, "legend": r.legend,
-                 "extent": r.legend.get("extent"), "job_id": r.job_id,
+                 "extent": r.legend.get("extent"), "job": r.job,
                  "created_at": iso_utc(r.created_at)} for r in rows]
 
     def sealed_heatmap(self, slide_id: str, name: str) -> bytes:
@@ -287,7 +289,7 @@ class Annotations:
             **self.geojson(row),
             "slidebank": {
                 "class": row.class_name, "color": row.color, "author": row.author,
-                "job_id": row.job_id, "bbox": [row.min_x, row.min_y, row.max_x, row.max_y],
+                "job": row.job.uuid if row.job else None, "bbox": [row.min_x, row.min_y, row.max_x, row.max_y],
                 "updated_at": iso_utc(row.updated_at),
             },
         }

@@ -23,6 +23,7 @@ from slidebank.jobs.models import Job, JobTask
 
 STALE_AFTER = timedelta(seconds=float(os.environ.get("SLIDEBANK_JOB_STALE_SECONDS", "30")))
 MAX_LOG_LINES = 500
+MAX_LISTED_SLIDES = 100  # in job summaries; `get` has every task
 
 
 class JobError(Exception):
@@ -225,6 +226,7 @@ class Jobs:
             "parameters": job.parameters, "requester": job.requester, "state": job.state,
             "cancel_requested": job.cancel_requested,
             "progress": {"done": finished, "total": len(job.tasks), "tasks": counts},
+            "slides": [task.slide_id for task in job.tasks[:MAX_LISTED_SLIDES]],
             "limits": {"time_s": job.time_limit_s, "memory_mb": job.memory_limit_mb},
             "runner": job.runner, "scheduler": job.scheduler,
             "created_at": iso_utc(job.created_at), "started_at": iso_utc(job.started_at),

@@ -254,8 +254,10 @@ export async function showAnnotations(viewer, slide, me, panel) {
       const info = feature.slidebank || {};
       name.value = info.class || "";
       color.value = info.color || paletteColor(info.class);
-      about.textContent = `${feature.geometry.type} · ${label(info.class)} · by ${info.author || "?"}`
-        + (info.job_id ? ` (job ${info.job_id})` : "");
+      about.replaceChildren(`${feature.geometry.type} · ${label(info.class)} · by ${info.author || "?"}`);
+      if (info.job) {  // an algorithm's result: link to the run that made it (its provenance)
+        about.append(" (", element("a", { href: `/jobs#${encodeURIComponent(info.job)}` }, `job ${info.job.slice(0, 8)}`), ")");
+      }
       form.hidden = !mayEdit(feature, { anyShape: true });
     }
     return { node, show };

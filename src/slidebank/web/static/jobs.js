@@ -51,7 +51,8 @@ function render(jobs) {
       });
       state.append(" ", cancel);
     }
-    return element("tr", { "data-job": job.id, "data-state": job.state },
+    const linked = location.hash === `#${job.id}`;  // opened from an annotation's provenance link
+    return element("tr", { id: job.id, "data-job": job.id, "data-state": job.state, class: linked ? "linked" : "" },
       element("td", {}, `${job.algorithm} ${job.version}`, element("div", { class: "muted" }, job.id.slice(0, 8))),
       state,
       element("td", { class: "progress" },
