@@ -61,7 +61,11 @@ class TaskOutcome:
 
 
 class LimitedContext:
-    """The `TaskContext` an algorithm gets: cancellation, time and memory checks, and a log."""
+    """The `TaskContext` an algorithm gets: cancellation, time and memory checks, and a log.
+
+    Memory is the worker process's resident growth since the task started: exact with one task per
+    worker process (the LocalCluster's layout), an upper bound where workers run several threads.
+    """
 
     def __init__(self, node: Node, request: TaskRequest) -> None:
         self._node, self._request = node, request
