@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -122,6 +123,7 @@ def running_server(home: Path, *extra: str, env: dict[str, str] | None = None) -
     process = subprocess.Popen(
         [str(SLIDEBANK_BIN), "serve", "--host", "127.0.0.1", "--port", str(port), *extra],
         env=server_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # its own process group: teardown can end the workers it forked
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -140,8 +142,11 @@ def running_server(home: Path, *extra: str, env: dict[str, str] | None = None) -
         process.terminate()
         try:
             process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        except subprocess.TimeoutExpired:  # Granian can hang when stopped while a worker still starts
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):  # the job worker and any forked HTTP worker
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 OPEN_POLICY = ("--policy", "Synthetic test data, no restriction", "--duo", "DUO:0000004")

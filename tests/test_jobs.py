@@ -239,7 +239,11 @@ def server_factory(jobs_home: tuple[Path, list[str]], plugin_path: str) -> Itera
     for process in started:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=30)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=15)
 
 
 def test_a_job_survives_a_crash_of_the_api_server(jobs_home: tuple[Path, list[str]], server_factory) -> None:  # noqa: ANN001

@@ -186,15 +186,19 @@ def jobs_cancel(job_id: str, as_json: JsonOption = False, home: HomeOption = Non
 
 @jobs_app.command("work")
 def jobs_work(scheduler: SchedulerOption = None, workers: WorkersOption = None, home: HomeOption = None) -> None:
-    """Run queued jobs until interrupted (what `slidebank serve` does in the background)."""
+    """Run queued jobs until SIGTERM or Ctrl-C (`slidebank serve` runs this next to the web server).
+    A job in flight then stays running, and the next runner resumes it."""
+    import signal
+    import threading
+
     from slidebank.jobs.runner import ClusterSettings, JobRunner
 
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
     node = open_node(home)
-    with JobRunner(node, ClusterSettings.from_environment(scheduler, workers)) as runner:
-        try:
-            runner.serve_forever()
-        except KeyboardInterrupt:  # a job in flight stays running; the next runner resumes it
-            pass
+    with JobRunner(node, ClusterSettings.from_environment(scheduler, workers), stop=stop) as runner:
+        runner.serve_forever()
     node.close()
 
 
