@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from slidebank.access import OPERATOR
-from slidebank.cli.common import HomeOption, JsonOption, console, fail, open_node, print_json
+from slidebank.cli.common import HomeOption, JsonOption, console, fail, opened_node, print_json
 
 annotations_app = typer.Typer(help="Annotations of a slide: QuPath GeoJSON import/export, listing.",
                               no_args_is_help=True)
@@ -39,15 +39,10 @@ def import_annotations(
         fail(f"cannot read {file}: {error.strerror or error}")
     except (ValueError, AnnotationError) as error:  # json.JSONDecodeError is a ValueError
         fail(f"{file} is not usable GeoJSON: {error}")
-    node = open_node(home)
-    try:
+    with opened_node(home, AnnotationNotFound) as node:
         ids = node.annotations.add(slide_id, features, author)
         node.audit.record(OPERATOR, "annotations.import", dataset=node.catalog.slide_dataset(slide_id),
                           slide_id=slide_id, detail={"features": len(ids), "author": author})
-    except AnnotationNotFound as error:
-        fail(str(error), 1)
-    finally:
-        node.close()
     if as_json:
         print_json({"slide_id": slide_id, "imported": len(ids), "ids": ids})
     else:
@@ -63,15 +58,10 @@ def export_annotations(
     """Write every feature of a slide as a GeoJSON FeatureCollection that QuPath imports."""
     from slidebank.annotations.service import AnnotationNotFound
 
-    node = open_node(home)
-    try:
+    with opened_node(home, AnnotationNotFound) as node:
         features = list(node.annotations.iter_export(slide_id))
         node.audit.record(OPERATOR, "annotations.export", dataset=node.catalog.slide_dataset(slide_id),
                           slide_id=slide_id, detail={"features": len(features)})
-    except AnnotationNotFound as error:
-        fail(str(error), 1)
-    finally:
-        node.close()
     text = json.dumps({"type": "FeatureCollection", "features": features})
     if str(to) == "-":
         typer.echo(text)
@@ -93,14 +83,9 @@ def list_annotations(
     """The features of a slide (first `--limit`), with class, type, author and bounding box."""
     from slidebank.annotations.service import AnnotationNotFound
 
-    node = open_node(home)
-    try:
+    with opened_node(home, AnnotationNotFound) as node:
         features, total = node.annotations.query(slide_id, limit=limit)
         classes = node.annotations.classes(slide_id)
-    except AnnotationNotFound as error:
-        fail(str(error), 1)
-    finally:
-        node.close()
     if as_json:
         print_json({"slide_id": slide_id, "total": total, "classes": classes, "features": features})
         return

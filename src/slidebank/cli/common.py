@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -22,6 +23,18 @@ def open_node(home: Path | None):  # noqa: ANN202 - Node import is deferred to k
     from slidebank.node import Node
 
     return Node.open(home)
+
+
+@contextmanager
+def opened_node(home: Path | None, *not_found: type[Exception]) -> Iterator[Any]:
+    """The node for one command, closed after; the `not_found` errors end it with exit status 1."""
+    node = open_node(home)
+    try:
+        yield node
+    except not_found as error:
+        fail(str(error), 1)
+    finally:
+        node.close()
 
 
 def print_json(value: Any) -> None:

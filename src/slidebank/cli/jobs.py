@@ -11,7 +11,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from slidebank.access import OPERATOR
-from slidebank.cli.common import HomeOption, JsonOption, console, fail, open_node, print_json, print_list
+from slidebank.cli.common import (
+    HomeOption,
+    JsonOption,
+    console,
+    fail,
+    open_node,
+    opened_node,
+    print_json,
+    print_list,
+)
 
 jobs_app = typer.Typer(help="Algorithm jobs: list, show, cancel, or run queued jobs.", no_args_is_help=True)
 algorithms_app = typer.Typer(help="Installed algorithms (the slidebank.algorithms plug-ins).", no_args_is_help=True)
@@ -140,13 +149,8 @@ def jobs_show(job_id: str, as_json: JsonOption = False, home: HomeOption = None)
     """A job with its tasks, timings, results summary and log (its provenance)."""
     from slidebank.jobs.service import JobNotFound
 
-    node = open_node(home)
-    try:
+    with opened_node(home, JobNotFound) as node:
         job = node.jobs.get(job_id)
-    except JobNotFound as error:
-        fail(str(error), 1)
-    finally:
-        node.close()
     if as_json:
         print_json(job)
         return
@@ -170,14 +174,9 @@ def jobs_cancel(job_id: str, as_json: JsonOption = False, home: HomeOption = Non
     """Stop a job: queued ones at once, running ones at their next tile."""
     from slidebank.jobs.service import JobNotFound
 
-    node = open_node(home)
-    try:
+    with opened_node(home, JobNotFound) as node:
         job = node.jobs.cancel(job_id)
         node.audit.record(OPERATOR, "job.cancel", detail={"job": job_id})
-    except JobNotFound as error:
-        fail(str(error), 1)
-    finally:
-        node.close()
     if as_json:
         print_json(job)
     else:
