@@ -14,7 +14,7 @@ from slidebank.qc import detectors
 OVERVIEW_MPP = Parameter("overview_mpp", float, 8.0, "µm/px of the overview used for tissue and pen", 0.1, 256)
 
 
-def _tissue(slide: SlideReader, mpp: float) -> tuple[np.ndarray, np.ndarray, float]:
+def tissue_overview(slide: SlideReader, mpp: float) -> tuple[np.ndarray, np.ndarray, float]:
     """Overview pixels, tissue mask without pen ink, and the overview's µm/px."""
     overview, overview_mpp = slide.overview(mpp)
     return overview, detectors.tissue_mask(overview) & ~detectors.pen_mask(overview), overview_mpp
@@ -35,7 +35,7 @@ def _area_values(mask: np.ndarray, mpp: float, prefix: str) -> dict[str, float |
 
 
 def run_tissue(slide: SlideReader, params: Mapping[str, Any], context: TaskContext) -> SlideResult:
-    _, mask, mpp = _tissue(slide, params["overview_mpp"])
+    _, mask, mpp = tissue_overview(slide, params["overview_mpp"])
     return SlideResult(values=_area_values(mask, mpp, "tissue"), heatmaps={"tissue": mask_heatmap(mask, slide, mpp)})
 
 
@@ -54,17 +54,14 @@ def run_qc(slide: SlideReader, params: Mapping[str, Any], context: TaskContext) 
     dark = detectors.dark_tissue_mask(overview, tissue)
     tissue_pixels = max(1, int(tissue.sum()))
 
-    size = params["tile_size"]
-    level = slide.level_for(params["focus_mpp"])
-    columns, rows = (-(-n // size) for n in slide.level_size(level))
-    cell = size * 2**level  # level-0 pixels per heatmap cell
-    sharpness = np.full((rows, columns), np.nan, dtype=np.float32)
+    grid = slide.grid(params["focus_mpp"], params["tile_size"])
+    sharpness = grid.raster()
     variances: list[float] = []
-    for tile in slide.tiles(params["focus_mpp"], size, tissue, min_fraction=0.5):
+    for tile in slide.tiles(params["focus_mpp"], params["tile_size"], tissue, min_fraction=0.5):
         context.check()
         variance = detectors.laplacian_variance(tile.pixels)
         variances.append(variance)
-        sharpness[tile.y // cell, tile.x // cell] = variance
+        sharpness[grid.place(tile)] = variance
     blurred = int(sum(v < params["blur_threshold"] for v in variances))
     blur_fraction = blurred / len(variances) if variances else 0.0
 
@@ -76,7 +73,7 @@ def run_qc(slide: SlideReader, params: Mapping[str, Any], context: TaskContext) 
         "qc.laplacian_median": float(np.median(variances)) if variances else 0.0,
         "qc.pen_fraction": float(pen.sum()) / tissue_pixels,
         "qc.fold_fraction": float(dark.sum()) / tissue_pixels,
-        "qc.focus_mpp": slide.mpp_of(level),
+        "qc.focus_mpp": slide.mpp_of(grid.level),
         **detectors.stain_statistics(overview, tissue),
     }
     flags = []
@@ -95,11 +92,10 @@ def run_qc(slide: SlideReader, params: Mapping[str, Any], context: TaskContext) 
         values=values,
         heatmaps={
             "tissue": mask_heatmap(tissue, slide, overview_mpp),
-            "blur": HeatmapRaster(blur_score, (columns * cell, rows * cell), "inferno",
-                                  {"0": "sharp", "1": "out of focus"}),
+            "blur": HeatmapRaster(blur_score, grid.extent, "inferno", {"0": "sharp", "1": "out of focus"}),
         },
         flags=flags,
-        log=[f"{len(variances)} tissue tiles at {slide.mpp_of(level):.2f} µm/px, {blurred} out of focus"],
+        log=[f"{len(variances)} tissue tiles at {slide.mpp_of(grid.level):.2f} µm/px, {blurred} out of focus"],
     )
 
 

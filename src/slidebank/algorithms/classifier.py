@@ -20,7 +20,7 @@ from onnx import TensorProto, helper
 from PIL import Image
 
 from slidebank.algorithms.base import HeatmapRaster, Parameter, Reads, SimpleAlgorithm, SlideResult, TaskContext
-from slidebank.algorithms.builtin import OVERVIEW_MPP, _tissue
+from slidebank.algorithms.builtin import OVERVIEW_MPP, tissue_overview
 from slidebank.algorithms.reader import SlideReader
 
 # Logistic regression on mean (R, G, B) in [0, 1]: purple/dark scores high, glass and pink stroma low.
@@ -61,12 +61,10 @@ def run_classifier(slide: SlideReader, params: Mapping[str, Any], context: TaskC
     session = open_session(params["model"])
     model_input = session.get_inputs()[0]
     fixed = model_input.shape[2:] if all(isinstance(d, int) for d in model_input.shape[2:]) else None
-    _, tissue, _ = _tissue(slide, params["overview_mpp"])
+    _, tissue, _ = tissue_overview(slide, params["overview_mpp"])
     size = params["patch_size"]
-    level = slide.level_for(params["mpp"])
-    columns, rows = (-(-n // size) for n in slide.level_size(level))
-    cell = size * 2**level  # level-0 pixels per patch
-    scores = np.full((rows, columns), np.nan, dtype=np.float32)
+    grid = slide.grid(params["mpp"], size)
+    scores = grid.raster()
     batch: list[np.ndarray] = []
     places: list[tuple[int, int]] = []
 
@@ -87,7 +85,7 @@ def run_classifier(slide: SlideReader, params: Mapping[str, Any], context: TaskC
             pixels = np.pad(pixels, ((0, size - pixels.shape[0]), (0, size - pixels.shape[1]), (0, 0)),
                             constant_values=240)
         batch.append(pixels.transpose(2, 0, 1).astype(np.float32) / 255.0)
-        places.append((tile.y // cell, tile.x // cell))
+        places.append(grid.place(tile))
         if len(batch) >= params["batch_size"]:
             flush()
     flush()
@@ -98,9 +96,8 @@ def run_classifier(slide: SlideReader, params: Mapping[str, Any], context: TaskC
             "classifier.mean_score": float(measured.mean()) if measured.size else 0.0,
             "classifier.positive_fraction": float((measured > params["threshold"]).mean()) if measured.size else 0.0,
         },
-        heatmaps={"classifier": HeatmapRaster(scores, (columns * cell, rows * cell), "inferno",
-                                              {"0": "low score", "1": "high score"})},
-        log=[f"{measured.size} patches at {slide.mpp_of(level):.2f} µm/px through "
+        heatmaps={"classifier": HeatmapRaster(scores, grid.extent, "inferno", {"0": "low score", "1": "high score"})},
+        log=[f"{measured.size} patches at {slide.mpp_of(grid.level):.2f} µm/px through "
              f"{params['model'] or 'the built-in demo model'}"],
     )
 

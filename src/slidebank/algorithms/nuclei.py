@@ -11,7 +11,7 @@ from scipy import ndimage
 from skimage import color, feature, filters, measure, morphology, segmentation
 
 from slidebank.algorithms.base import Parameter, Reads, SimpleAlgorithm, SlideResult, TaskContext
-from slidebank.algorithms.builtin import OVERVIEW_MPP, _tissue
+from slidebank.algorithms.builtin import OVERVIEW_MPP, tissue_overview
 from slidebank.algorithms.reader import SlideReader
 
 NUCLEUS_COLOR = [70, 40, 200]
@@ -63,11 +63,11 @@ def nucleus_polygons(labels: np.ndarray, x0: int, y0: int, scale: float, min_are
 
 
 def run_nuclei(slide: SlideReader, params: Mapping[str, Any], context: TaskContext) -> SlideResult:
-    _, tissue, _ = _tissue(slide, params["overview_mpp"])
+    _, tissue, _ = tissue_overview(slide, params["overview_mpp"])
     features: list[dict[str, Any]] = []
     tiles = 0
     level = slide.level_for(params["mpp"])
-    scale = 2**level
+    scale = 2**level  # level-0 pixels per pixel read
     for tile in slide.tiles(params["mpp"], params["tile_size"], tissue, min_fraction=0.25):
         context.check()
         labels = segment_nuclei(tile.pixels, params["min_area"])

@@ -25,6 +25,34 @@ class Tile:
     pixels: np.ndarray  # RGB at the read level
 
 
+@dataclass(frozen=True)
+class TileGrid:
+    """The tiles of `size` pixels over one stored level, and where each lands on a per-tile raster."""
+
+    level: int
+    size: int
+    columns: int
+    rows: int
+
+    @property
+    def cell(self) -> int:
+        """Level-0 pixels per tile (and per raster cell)."""
+        return self.size * 2**self.level
+
+    @property
+    def extent(self) -> tuple[float, float]:
+        """Level-0 width and height the raster covers: whole tiles reach past the slide's edges."""
+        return float(self.columns * self.cell), float(self.rows * self.cell)
+
+    def raster(self) -> np.ndarray:
+        """One NaN ("not measured") per tile, to fill with a score per tile read."""
+        return np.full((self.rows, self.columns), np.nan, dtype=np.float32)
+
+    def place(self, tile: Tile) -> tuple[int, int]:
+        """The (row, column) of a tile of this grid."""
+        return tile.y // self.cell, tile.x // self.cell
+
+
 class SlideReader:
     def __init__(self, wsi: WsiDicom, slide_id: str) -> None:
         self._wsi = wsi
@@ -66,18 +94,24 @@ class SlideReader:
         width, height = self.level_size(level)
         return self.read(level, 0, 0, width, height), self.mpp_of(level)
 
+    def grid(self, mpp: float, size: int) -> TileGrid:
+        """The grid `tiles(mpp, size)` walks."""
+        level = self.level_for(mpp)
+        width, height = self.level_size(level)
+        return TileGrid(level, size, math.ceil(width / size), math.ceil(height / size))
+
     def tiles(self, mpp: float, size: int, mask: np.ndarray | None = None, min_fraction: float = 0.1) -> Iterator[Tile]:
         """Tiles of `size` pixels at about `mpp`, row by row; with a (coarse, whole-slide) boolean
         mask, only tiles whose footprint on the mask is at least `min_fraction` True."""
-        level = self.level_for(mpp)
-        scale = 2**level
-        level_width, level_height = self.level_size(level)
-        for ty in range(0, level_height, size):
-            for tx in range(0, level_width, size):
-                if mask is not None and self.mask_fraction(mask, tx * scale, ty * scale, size * scale, size * scale) < min_fraction:
+        grid = self.grid(mpp, size)
+        scale = 2**grid.level
+        for row in range(grid.rows):
+            for column in range(grid.columns):
+                x, y = column * grid.cell, row * grid.cell
+                if mask is not None and self.mask_fraction(mask, x, y, grid.cell, grid.cell) < min_fraction:
                     continue
-                pixels = self.read(level, tx, ty, size, size)
-                yield Tile(tx * scale, ty * scale, pixels.shape[1] * scale, pixels.shape[0] * scale, pixels)
+                pixels = self.read(grid.level, column * size, row * size, size, size)
+                yield Tile(x, y, pixels.shape[1] * scale, pixels.shape[0] * scale, pixels)
 
     def mask_fraction(self, mask: np.ndarray, x: int, y: int, width: int, height: int) -> float:
         """Fraction of True in the part of a whole-slide mask that covers a level-0 rectangle."""

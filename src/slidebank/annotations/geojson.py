@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 import uuid as uuid_module
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,10 +145,6 @@ def with_class(properties: dict[str, Any], name: str | None, color: str | None) 
             classification["color"] = [int(color[i:i + 2], 16) for i in (1, 3, 5)]
         updated["classification"] = classification
     return updated
-
-
-def feature_collection(features: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    return {"type": "FeatureCollection", "features": list(features)}
 
 
 def _valid_uuid(identifier: Any) -> str | None:

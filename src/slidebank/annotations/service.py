@@ -108,9 +108,6 @@ class Annotations:
                 session.execute(insert(AnnotationFeature), pending)
         return ids
 
-    def add_documents(self, slide_id: str, documents: Sequence[dict[str, Any]], author: str) -> list[str]:
-        return self.add(slide_id, [parse_feature(d) for d in documents], author)
-
     def update(self, slide_id: str, feature_id: str, change: dict[str, Any], editor: str, moderator: bool) -> dict:
         """Replace a feature's geometry, properties and/or class; only its author or a moderator."""
         with self._write.begin() as session:
@@ -148,13 +145,6 @@ class Annotations:
             return int(result.rowcount or 0)
 
     # --- reading ----------------------------------------------------------------------------------
-
-    def count(self, slide_id: str) -> int:
-        with self._read() as session:
-            image_id = self._image_id(session, slide_id)
-            return int(session.scalar(
-                select(func.count()).select_from(AnnotationFeature).where(AnnotationFeature.image_id == image_id)
-            ) or 0)
 
     def classes(self, slide_id: str) -> list[dict[str, Any]]:
         """Each class on the slide with its colour and count (None: unclassified)."""

@@ -844,11 +844,14 @@ class Catalog:
     def facts(self, slide_id: str) -> dict[str, dict[str, float | str | None]]:
         """{"qc": {"blur_fraction": 0.01, …}, "stain": {…}}: facts grouped by their first name part."""
         with self._read() as session:
-            rows = session.execute(
-                select(SlideFact.name, SlideFact.value, SlideFact.text)
-                .join(Image, Image.id == SlideFact.image_id).where(Image.slide_id == slide_id)
-                .order_by(SlideFact.name)
-            ).all()
+            return self._facts(session, Image.slide_id == slide_id)
+
+    @staticmethod
+    def _facts(session: Session, image: ColumnElement[bool]) -> dict[str, dict[str, float | str | None]]:
+        rows = session.execute(
+            select(SlideFact.name, SlideFact.value, SlideFact.text)
+            .join(Image, Image.id == SlideFact.image_id).where(image).order_by(SlideFact.name)
+        ).all()
         grouped: dict[str, dict[str, float | str | None]] = defaultdict(dict)
         for name, value, text in rows:
             namespace, _, key = name.partition(".")
@@ -881,7 +884,7 @@ class Catalog:
             )
             if image is None:
                 return None
-            facts = self.facts(slide_id)
+            facts = self._facts(session, Image.id == image.id)  # in the same read
             summary = self._summaries(
                 session, session.execute(self._summary_select().where(Image.id == image.id)).all()
             )[0]

@@ -40,11 +40,9 @@ def register_governance_commands(app: typer.Typer) -> None:
 
 
 def _decider(node, acting_as: str | None):  # noqa: ANN001, ANN202
-    from slidebank.access.service import Principal
-
     if acting_as:
         return node.access.principal_for_user(acting_as)
-    return Principal(OPERATOR, "administrator", None, None)
+    return node.access.principal_for_requester(OPERATOR)
 
 
 def _run(action):  # noqa: ANN001, ANN202 - turn domain errors into one clean line and exit 2

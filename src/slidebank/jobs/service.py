@@ -157,9 +157,10 @@ class Jobs:
     def finish(self, job_uuid: str, state: str, error: str | None = None) -> dict[str, Any]:
         with self._write.begin() as session:
             job = self._job(session, job_uuid)
-            for task in job.tasks:
-                if task.state in ("queued", "running"):
-                    task.state = "cancelled" if state in ("cancelled", "failed") else task.state
+            if state != "done":  # what never ran, or was cut off, did not finish
+                for task in job.tasks:
+                    if task.state in ("queued", "running"):
+                        task.state = "cancelled"
             self._finish(session, job, state, error)
             return self._json(job, tasks=False)
 

@@ -12,7 +12,7 @@ import hashlib
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import psutil
@@ -56,7 +56,6 @@ class TaskOutcome:
     slide_id: str
     state: str  # done, failed, cancelled
     error: str | None = None
-    flags: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -155,7 +154,7 @@ def _run(node: Node, request: TaskRequest, started: float) -> TaskOutcome:
     if result.flags:  # the data steward hears about a failing slide
         node.access.notify_stewards(dataset, f"{request.algorithm} flagged slide {request.slide_id}: "
                                              + "; ".join(result.flags))
-    return TaskOutcome(request.slide_id, "done", flags=result.flags)
+    return TaskOutcome(request.slide_id, "done")
 
 
 def store_results(node: Node, request: TaskRequest, result: SlideResult) -> dict[str, Any]:
