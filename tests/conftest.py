@@ -149,6 +149,13 @@ def running_server(home: Path, *extra: str, env: dict[str, str] | None = None) -
             os.killpg(process.pid, signal.SIGKILL)
 
 
+def open_stored_slide(node: Node, slide_id: str):  # noqa: ANN201 - a context manager of WsiDicom
+    """The stored pyramid of a slide, opened with wsidicom: the reference the readers are held against."""
+    from slidebank.slides.stored import opened_wsidicom
+
+    return opened_wsidicom(node.volume_files(slide_id), node.open_blob)
+
+
 OPEN_POLICY = ("--policy", "Synthetic test data, no restriction", "--duo", "DUO:0000004")
 
 

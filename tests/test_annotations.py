@@ -11,8 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import json_lines, open_dataset, run_cli, running_server
 from shapely.geometry import box, shape
+
+from conftest import json_lines, open_dataset, run_cli, running_server
 
 # What QuPath 0.5 writes ("Export objects as GeoJSON", pretty-printed, FeatureCollection): ids are
 # UUIDs, classification carries name and RGB colour, objectType says annotation/detection.
@@ -148,6 +149,7 @@ def random_features(count: int, seed: int) -> list[dict]:
 
 
 def test_viewport_queries_and_density_agree_with_a_brute_force_scan(site: Site) -> None:
+    from slidebank.access.principal import operator
     from slidebank.annotations.geojson import parse_document
     from slidebank.annotations.service import Viewport
     from slidebank.node import Node, NodeSettings
@@ -156,7 +158,7 @@ def test_viewport_queries_and_density_agree_with_a_brute_force_scan(site: Site) 
     try:
         slide = node.catalog.list_slides()[0]["slide_id"]
         features = random_features(3000, seed=5)
-        node.annotations.add(slide, parse_document(features), "tester")
+        node.annotations.add(slide, parse_document(features), operator(), "tester")
         everything, total = node.annotations.query(slide, limit=100_000)
         shapes = {f["id"]: shape(f["geometry"]) for f in everything}
         rng = random.Random(9)

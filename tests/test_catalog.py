@@ -14,29 +14,29 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from postgres import PostgresUnavailable, create_database, postgres_cluster
 from sqlalchemy import Engine, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-import slidebank.access.models  # noqa: F401  (governance tables are part of the schema)
-import slidebank.annotations.models  # noqa: F401
-import slidebank.jobs.models  # noqa: F401
-from slidebank.catalog.database import create_catalog_engine, upgrade_schema
-from slidebank.catalog.models import Base, BiologicalBeing, Case, Observation
+from postgres import PostgresUnavailable, create_database, postgres_cluster
+from slidebank.audit import AuditLog
+from slidebank.catalog import (
+    Catalog,
+    DuplicateSourceError,
+    SearchQuery,
+    SlideIdTakenError,
+    registration,
+)
 from slidebank.catalog.records import (
     IngestedSlide,
     LevelInfo,
     SlideDescription,
     StoredFile,
 )
-from slidebank.catalog.service import (
-    Catalog,
-    DuplicateSourceError,
-    SearchQuery,
-    SlideIdTakenError,
-)
 from slidebank.catalog.vocabulary import ANATOMICAL_SITES, SPECIES, STAINS
+from slidebank.db import UnitOfWork, upgrade_schema
+from slidebank.db import create_database_engine as create_catalog_engine
+from slidebank.db.models import Base, BiologicalBeing, Case, Observation
 
 
 @pytest.fixture(
@@ -77,7 +77,7 @@ def engine(database_url: str) -> Iterator[Engine]:
 
 @pytest.fixture
 def catalog(engine: Engine) -> Catalog:
-    return Catalog(engine)
+    return Catalog(UnitOfWork(engine))
 
 
 def make_slide(
@@ -123,7 +123,7 @@ def test_migrations_create_exactly_the_models_schema(database_url: str) -> None:
         with engine.connect() as connection:
             context = MigrationContext.configure(connection, opts={"compare_type": True})
             assert compare_metadata(context, Base.metadata) == []
-            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0005"
         names = set(inspect(engine).get_table_names())
         assert set(Base.metadata.tables) <= names
     finally:
@@ -316,14 +316,23 @@ class BlindCatalog(Catalog):
     """A catalog whose friendly pre-checks see nothing, as when another process commits in between."""
 
     def __init__(self, engine: Engine, blind_checks: int) -> None:
-        super().__init__(engine)
+        super().__init__(UnitOfWork(engine))
         self.blind_checks = blind_checks
 
-    def _raise_if_taken(self, slide: IngestedSlide, session: Session | None = None) -> None:
-        if self.blind_checks > 0:
-            self.blind_checks -= 1
-            return
-        super()._raise_if_taken(slide, session)
+    def register(self, slide: IngestedSlide, also: Any = None) -> str:
+        real = registration.raise_if_taken
+
+        def blind(session: Session, slide: IngestedSlide) -> None:
+            if self.blind_checks > 0:
+                self.blind_checks -= 1
+                return
+            real(session, slide)
+
+        registration.raise_if_taken = blind  # type: ignore[assignment]  (the checks the module runs)
+        try:
+            return super().register(slide, also)
+        finally:
+            registration.raise_if_taken = real  # type: ignore[assignment]
 
 
 def test_duplicate_source_race_is_caught_by_the_unique_constraint(catalog: Catalog, engine: Engine) -> None:
@@ -348,7 +357,7 @@ def test_concurrent_registrations_of_one_source_leave_one_image(database_url: st
     engines = [create_catalog_engine(database_url) for _ in range(contenders)]
 
     def contend(index: int) -> None:
-        catalog = Catalog(engines[index])
+        catalog = Catalog(UnitOfWork(engines[index]))
         slide = make_slide(f"race-{index}", source=source, dataset="race", subject="SUBJ-shared", stain="PAS")
         barrier.wait()
         try:
@@ -368,7 +377,7 @@ def test_concurrent_registrations_of_one_source_leave_one_image(database_url: st
     losers = [value for value in results.values() if isinstance(value, DuplicateSourceError)]
     assert len(results) == contenders and len(winners) == 1, results
     assert all(loser.slide_id == winners[0] for loser in losers)
-    assert [s["slide_id"] for s in Catalog(engine).list_slides()] == winners
+    assert [s["slide_id"] for s in Catalog(UnitOfWork(engine)).list_slides()] == winners
 
     # Different sources, same new dataset and subject, all at once: shared objects are created once.
     barrier = threading.Barrier(contenders)
@@ -378,7 +387,7 @@ def test_concurrent_registrations_of_one_source_leave_one_image(database_url: st
     def share(index: int) -> None:
         try:
             barrier.wait()
-            Catalog(engines[index]).register(
+            Catalog(UnitOfWork(engines[index])).register(
                 make_slide(f"share-{index}", dataset="new-ds", subject="SUBJ-together", stain="Giemsa")
             )
         except BaseException as error:
@@ -393,11 +402,11 @@ def test_concurrent_registrations_of_one_source_leave_one_image(database_url: st
         other.dispose()
     assert not errors, errors
     beings = {
-        Catalog(engine).get_slide(f"share-{i}")["objects"]["biological_being"]["accession"]  # type: ignore[index]
+        Catalog(UnitOfWork(engine)).get_slide(f"share-{i}")["objects"]["biological_being"]["accession"]  # type: ignore[index]
         for i in range(contenders)
     }
     assert len(beings) == 1
-    assert dict(Catalog(engine).search(SearchQuery(dataset=["new-ds"])).facets["stain"]) == {"Giemsa": contenders}
+    assert dict(Catalog(UnitOfWork(engine)).search(SearchQuery(dataset=["new-ds"])).facets["stain"]) == {"Giemsa": contenders}
 
 
 def test_get_or_create_shares_objects_between_slides_of_one_subject(catalog: Catalog) -> None:
@@ -606,12 +615,10 @@ def test_audit_chain_stays_whole_under_concurrent_writers(database_url: str) -> 
     """Server workers append to one chain at once (own engines, as separate processes would)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from slidebank.audit.log import AuditLog
-
     upgrade_schema(database_url)
     engines = [create_catalog_engine(database_url) for _ in range(4)]
     try:
-        logs = [AuditLog(engine) for engine in engines]
+        logs = [AuditLog(UnitOfWork(engine)) for engine in engines]
 
         def write(index: int) -> None:
             for n in range(25):
@@ -629,17 +636,19 @@ def test_audit_chain_stays_whole_under_concurrent_writers(database_url: str) -> 
 def test_annotation_index_facts_and_job_claims_on_both_databases(catalog: Catalog, engine: Engine) -> None:
     """The parts of issue 5 that lean on SQL: viewport ranges, fact conditions, one claim per job."""
     from shapely.geometry import box, shape
-    from test_annotations import random_features
 
+    from slidebank.access.principal import Principal
     from slidebank.annotations.geojson import parse_document
     from slidebank.annotations.service import Annotations, Viewport
-    from slidebank.catalog.service import FactCondition
-    from slidebank.jobs.service import JobSpec, Jobs
+    from slidebank.catalog import FactCondition
+    from slidebank.jobs import Jobs, JobSpec
+    from test_annotations import random_features
 
     catalog.register(make_slide("ANN-1"))
     catalog.register(make_slide("ANN-2"))
-    annotations = Annotations(engine)
-    annotations.add("ANN-1", parse_document(random_features(600, seed=1)), "tester")
+    uow = UnitOfWork(engine)
+    annotations = Annotations(uow, AuditLog(uow))
+    annotations.add("ANN-1", parse_document(random_features(600, seed=1)), Principal("tester", "researcher", 1))
     everything, _ = annotations.query("ANN-1", limit=10_000)
     shapes = {f["id"]: box(*shape(f["geometry"]).bounds) for f in everything}
     for x0, y0, size in ((0, 0, 500), (1200, 900, 300), (2900, 2300, 900), (-50, 1000, 60)):
@@ -659,7 +668,7 @@ def test_annotation_index_facts_and_job_claims_on_both_databases(catalog: Catalo
     assert where("qc.blur_fraction < 0.05") == ["ANN-1"] and where("qc.flags = 'out of focus'") == ["ANN-2"]
     assert catalog.get_slide("ANN-2")["qc"] == {"blur_fraction": 0.4, "flags": "out of focus"}
 
-    jobs = Jobs(engine)
+    jobs = Jobs(uow, AuditLog(uow))
     job = jobs.create(JobSpec("qc", "1.0.0", {}, ("ANN-1", "ANN-2"), "operator"))
     assert [jobs.claim(job["id"], "tcp://a"), jobs.claim(job["id"], "tcp://b")] == [True, False]
     assert jobs.claimable() == []  # running, with a fresh heartbeat

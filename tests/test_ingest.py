@@ -12,11 +12,11 @@ import pydicom
 import pytest
 import tifffile
 
+from conftest import open_stored_slide
 from slidebank.catalog.records import SlideDescription
 from slidebank.ingest.pipeline import IngestOutcome
 from slidebank.ingest.runner import plan_ingest, run_ingest
 from slidebank.node import Node
-from slidebank.slides.stored import open_stored_slide
 
 # What ../shared/slides/README.md says about each file.
 EXPECTED_SHARED = {

@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from conftest import json_lines, run_cli, running_server
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from conftest import json_lines, run_cli, running_server
 from slidebank.access.oidc import jwks_document
 
 ISSUER, AUDIENCE, VISA_ISSUER = "https://login.hospital.example", "slidebank", "https://visas.elixir.example"
@@ -69,8 +69,23 @@ def setup(tmp_path_factory: pytest.TempPathFactory, generic_slide) -> Iterator[S
 
 def test_valid_oidc_token_identifies_a_researcher(setup: Setup) -> None:
     me = httpx.get(f"{setup.base}/api/me", headers={"Authorization": f"Bearer {setup.token()}"}).json()
-    assert (me["name"], me["role"]) == ("carol", "researcher")
+    assert (me["name"], me["role"]) == ("carol@login.hospital.example", "researcher")  # namespaced by issuer
     assert setup.status(f"/api/slides/{setup.slide}", setup.token()) == 404  # no grant yet
+
+
+def test_an_identity_provider_cannot_mint_the_operator_or_lock_anyone_out(setup: Setup) -> None:
+    """Names from the identity provider never equal local or reserved names, and a second subject whose
+    name is taken gets its own account instead of an error."""
+    run_cli("run", "qc", "--slide", setup.slide, home=setup.home, check=True)  # a job of the operator's
+    posing = setup.token(sub="u-evil", preferred_username="operator")
+    me = httpx.get(f"{setup.base}/api/me", headers={"Authorization": f"Bearer {posing}"}).json()
+    assert me["name"] != "operator" and me["name"].endswith("@login.hospital.example")
+    assert httpx.get(f"{setup.base}/api/jobs", headers={"Authorization": f"Bearer {posing}"}).json() == []
+    twin = setup.token(sub="u-twin", preferred_username="operator")  # same name, another subject
+    answer = httpx.get(f"{setup.base}/api/me", headers={"Authorization": f"Bearer {twin}"})
+    assert answer.status_code == 200 and answer.json()["name"] not in ("operator", me["name"])
+    again = httpx.get(f"{setup.base}/api/me", headers={"Authorization": f"Bearer {posing}"}).json()
+    assert again["name"] == me["name"]  # each subject keeps its own account
 
 
 @pytest.mark.parametrize(

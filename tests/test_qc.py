@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import json_lines, open_dataset, run_cli
 from PIL import Image
 
+from conftest import json_lines, open_dataset, open_stored_slide, run_cli
 from slidebank.node import Node, NodeSettings
 from slidebank.synth import tissue_mask, write_synthetic_slide
 
@@ -47,7 +47,6 @@ def show(home: Path, slide_id: str) -> dict:
 def test_tissue_mask_matches_the_known_mask(qc_node: tuple[Path, dict[str, str]]) -> None:
     from slidebank.algorithms.reader import SlideReader
     from slidebank.qc import detectors
-    from slidebank.slides.stored import open_stored_slide
 
     home, ids = qc_node
     node = open_node(home)
@@ -110,7 +109,7 @@ def test_facts_are_searchable_and_failing_slides_reach_the_steward(qc_node: tupl
     assert refused.returncode == 2 and "cannot read condition" in refused.stderr
     node = open_node(home)
     try:
-        notices = node.access.notifications(node.access.principal_for_user("steward"))
+        notices = node.notifications.of(node.identities.principal_for_user("steward"))
     finally:
         node.close()
     assert any(ids["blurred"] in n["message"] and "out of focus" in n["message"] for n in notices)

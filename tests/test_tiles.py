@@ -15,11 +15,10 @@ import numpy as np
 import openslide
 import pytest
 import tifffile
-from conftest import json_lines, open_dataset, run_cli, running_server
 from PIL import Image
 
+from conftest import json_lines, open_dataset, open_stored_slide, run_cli, running_server
 from slidebank.node import Node
-from slidebank.slides.stored import open_stored_slide
 
 # The official validator's test image: 10×10 squares of 100 px in colours it knows.
 VALIDATOR_ID = "67352ccc-d1b0-11e1-89ae-279075081939"
@@ -208,11 +207,10 @@ def test_official_iiif_validator_passes_at_level_2(served: Served) -> None:
 
 def test_frame_table_reads_the_same_bytes_as_wsidicom(served: Served) -> None:
     """The direct (decrypting) read path and wsidicom agree on every tile of every level."""
-    from slidebank.slides.stored import open_volume_blobs
     from slidebank.tiles.frames import level_frames
 
     node = Node.open(served.home)
-    blobs = open_volume_blobs(node, served.slide_id)
+    blobs = [node.open_blob(f) for f in node.volume_files(served.slide_id)]
     with open_stored_slide(node, served.slide_id) as stored:
         by_width = {level.size.width: index for index, level in enumerate(stored.levels)}
         tables = [(blob, table) for blob in blobs if (table := level_frames(blob)) is not None]

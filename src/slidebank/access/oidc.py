@@ -32,6 +32,7 @@ class Identity:
     subject: str
     name: str
     dataset_visas: dict[str, datetime] = field(default_factory=dict)  # dataset alias -> visa expiry
+    visa_issuers: dict[str, str] = field(default_factory=dict)  # dataset alias -> who issued its visa
 
 
 class _KeySet:
@@ -82,11 +83,14 @@ class OidcVerifier:
         except (jwt.PyJWTError, InvalidIdentity) as error:
             raise InvalidIdentity(str(error)) from error
         name = str(claims.get("preferred_username") or claims["sub"])
-        return Identity(claims["iss"], claims["sub"], name, self._dataset_visas(claims))
+        granted, issuers = self._dataset_visas(claims)
+        return Identity(claims["iss"], claims["sub"], name, granted, issuers)
 
-    def _dataset_visas(self, claims: dict[str, Any]) -> dict[str, datetime]:
-        """Datasets granted by valid ControlledAccessGrants visas of trusted issuers; others are ignored."""
+    def _dataset_visas(self, claims: dict[str, Any]) -> tuple[dict[str, datetime], dict[str, str]]:
+        """Datasets granted by valid ControlledAccessGrants visas of trusted issuers (with each visa's
+        expiry and issuer); others are ignored."""
         granted: dict[str, datetime] = {}
+        issuers: dict[str, str] = {}
         for visa_token in claims.get("ga4gh_passport_v1") or []:
             try:
                 issuer = jwt.decode(visa_token, options={"verify_signature": False}).get("iss")
@@ -103,7 +107,8 @@ class OidcVerifier:
             dataset = str(body.get("value", "")).rstrip("/").rsplit("/", 1)[-1]
             if dataset:
                 granted[dataset] = datetime.fromtimestamp(visa["exp"], UTC)
-        return granted
+                issuers[dataset] = str(issuer)
+        return granted, issuers
 
 
 def jwks_document(public_keys: list[tuple[str, Any]]) -> str:

@@ -7,6 +7,7 @@ only what an index needs (bounding box, class, colour) is derived here, with sha
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import uuid as uuid_module
@@ -21,6 +22,8 @@ GEOMETRY_TYPES = frozenset({"Point", "MultiPoint", "LineString", "MultiLineStrin
 MAX_COORDINATE = 10_000_000.0  # 10 m at 1 µm/px: anything beyond is not a slide coordinate
 COLOR_PATTERN = re.compile(r"^#[0-9a-fA-F]{6}$")
 MAX_VERTICES = 1_000_000
+MAX_PROPERTY_DEPTH = 16  # QuPath nests three levels; JSON far deeper breaks parsers and databases
+MAX_PROPERTIES_BYTES = 64 * 1024
 
 
 class AnnotationError(ValueError):
@@ -89,6 +92,7 @@ def parse_feature(feature: dict[str, Any]) -> ParsedFeature:
     properties = feature.get("properties") or {}
     if not isinstance(properties, dict):
         raise AnnotationError("'properties' must be an object")
+    _check_properties(properties)
     identifier = feature.get("id")
     return ParsedFeature(
         uuid=_valid_uuid(identifier),
@@ -98,6 +102,27 @@ def parse_feature(feature: dict[str, Any]) -> ParsedFeature:
         color=class_color(properties),
         bounds=bounds,  # type: ignore[arg-type]
     )
+
+
+def _check_properties(properties: dict[str, Any]) -> None:
+    """Bounded depth and size, finite numbers: what is stored must be readable back by everyone."""
+    stack: list[tuple[Any, int]] = [(properties, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_PROPERTY_DEPTH:
+            raise AnnotationError(f"'properties' nest deeper than {MAX_PROPERTY_DEPTH} levels")
+        if isinstance(value, dict):
+            stack.extend((item, depth + 1) for item in value.values())
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise AnnotationError("'properties' hold a number that is not finite")
+    try:
+        size = len(json.dumps(properties, allow_nan=False))
+    except (TypeError, ValueError) as error:
+        raise AnnotationError(f"'properties' are not plain JSON: {error}") from None
+    if size > MAX_PROPERTIES_BYTES:
+        raise AnnotationError(f"'properties' take {size} bytes; at most {MAX_PROPERTIES_BYTES} per feature")
 
 
 def parse_document(document: Any) -> list[ParsedFeature]:

@@ -1,8 +1,10 @@
 """Annotations of stored slides: bulk import/export, viewport queries, density, edits.
 
-Who may do what is decided by the caller (the API's gatekeeper, the CLI's operator); this service
-enforces the one rule that needs the rows: only the author of a feature, or someone allowed to
-moderate the slide's dataset, changes or deletes it.
+Who may read a slide is decided by the caller (the API's gatekeeper, the CLI's operator); this
+service enforces the rules that need the rows: a feature id names one feature *on its slide*, a
+create never touches an existing feature it may not change, and only the author of a feature or
+someone who moderates the slide's dataset changes or deletes it. Each change commits with its
+audit entry; large imports commit in batches so no request waits long for the write lock.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, func, insert, or_, select
+from sqlalchemy import and_, delete, func, insert, or_, select
 from sqlalchemy.orm import Session
 
+from slidebank.access.principal import Principal
 from slidebank.annotations.geojson import (
     MAX_COORDINATE,
     AnnotationError,
@@ -23,10 +26,10 @@ from slidebank.annotations.geojson import (
     size_class,
     with_class,
 )
-from slidebank.annotations.models import AnnotationFeature, Heatmap
-from slidebank.catalog.database import WRITE_OPTIONS, iso_utc, session_factory
-from slidebank.catalog.models import Image, new_uuid, utcnow
-from slidebank.jobs.models import Job
+from slidebank.audit import AuditLog
+from slidebank.db import UnitOfWork
+from slidebank.db.models import AnnotationFeature, Dataset, Heatmap, Image, Job, new_uuid, utcnow
+from slidebank.db.models.base import iso_utc
 
 INSERT_CHUNK = 2000
 MAX_SIZE_CLASS = size_class((0.0, 0.0, 2 * MAX_COORDINATE, 2 * MAX_COORDINATE))
@@ -62,57 +65,62 @@ class Viewport:
 
 
 class Annotations:
-    def __init__(self, engine: Engine) -> None:
-        self._read = session_factory(engine)
-        self._write = session_factory(engine.execution_options(**WRITE_OPTIONS))
+    def __init__(self, uow: UnitOfWork, audit: AuditLog) -> None:
+        self._uow = uow
+        self._audit = audit
 
     # --- writing ----------------------------------------------------------------------------------
 
-    def add(
-        self, slide_id: str, features: Sequence[ParsedFeature], author: str, job_id: int | None = None
-    ) -> list[str]:
-        """Store features; a feature whose id already exists on this slide replaces it (re-import is
-        idempotent). One transaction: all features or none. Returns their ids, in order."""
+    def add(self, slide_id: str, features: Sequence[ParsedFeature], actor: Principal,
+            author: str | None = None) -> list[str]:
+        """Store features on a slide as `actor` (drawn by `author`, by default the actor); returns
+        their ids, in order.
+
+        A feature keeps its id unless the id is already used on this slide: then it is the same
+        feature again (a re-import), replaced if the actor may change it (its author, a steward of the
+        dataset, an administrator) and refused otherwise. Ids on other slides are unrelated. Features
+        commit in batches of INSERT_CHUNK, each with its audit entry; re-running an interrupted import
+        replaces what the first run stored.
+        """
         ids: list[str] = []
-        with self._write.begin() as session:
-            image_id = self._image_id(session, slide_id)
-            given = [f.uuid for f in features if f.uuid]
-            existing: dict[str, AnnotationFeature] = {}
-            taken: set[str] = set()  # ids used on other slides: such a feature gets a new id here
-            for start in range(0, len(given), INSERT_CHUNK):
-                chunk = given[start:start + INSERT_CHUNK]
-                for row in session.scalars(select(AnnotationFeature).where(AnnotationFeature.uuid.in_(chunk))):
-                    if row.image_id == image_id:
-                        existing[row.uuid] = row
+        seen: set[str] = set()
+        for start in range(0, len(features), INSERT_CHUNK):
+            batch = features[start:start + INSERT_CHUNK]
+            with self._uow.write() as session:
+                image_id, dataset = self._image(session, slide_id)
+                given = [f.uuid for f in batch if f.uuid and f.uuid not in seen]
+                existing = {row.uuid: row for row in session.scalars(
+                    select(AnnotationFeature).where(AnnotationFeature.image_id == image_id,
+                                                    AnnotationFeature.uuid.in_(given)))} if given else {}
+                now, pending, replaced = utcnow(), [], 0
+                for feature in batch:
+                    row = existing.get(feature.uuid) if feature.uuid not in seen else None
+                    if row is not None:
+                        if row.author != (author or actor.name) and not actor.moderates(dataset):
+                            raise NotAuthor(f"feature {row.uuid} exists on this slide and is not yours to change")
+                        self._assign(row, feature)
+                        row.updated_at, replaced = now, replaced + 1
+                        identifier = row.uuid
                     else:
-                        taken.add(row.uuid)
-            now = utcnow()
-            pending: list[dict[str, Any]] = []
-            for feature in features:
-                if feature.uuid in existing:
-                    self._assign(existing[feature.uuid], feature)
-                    existing[feature.uuid].updated_at = now
-                    ids.append(feature.uuid)  # type: ignore[arg-type]
-                    continue
-                identifier = feature.uuid if feature.uuid and feature.uuid not in taken else new_uuid()
-                taken.add(identifier)  # the same id twice in one document: the second gets a new one
-                ids.append(identifier)
-                pending.append({
-                    **self._columns(feature), "uuid": identifier, "image_id": image_id, "author": author,
-                    "job_id": job_id, "created_at": now, "updated_at": now,
-                })
-                if len(pending) >= INSERT_CHUNK:
+                        identifier = feature.uuid if feature.uuid and feature.uuid not in seen else new_uuid()
+                        pending.append({**self._columns(feature), "uuid": identifier, "image_id": image_id,
+                                        "author": author or actor.name, "job_id": None, "created_at": now,
+                                        "updated_at": now})
+                    seen.add(identifier)  # the same id twice in one document: the second gets a new one
+                    ids.append(identifier)
+                if pending:
                     session.execute(insert(AnnotationFeature), pending)
-                    pending.clear()
-            if pending:
-                session.execute(insert(AnnotationFeature), pending)
+                self._audit.append(session, actor.name, "annotations.create", dataset=dataset, slide_id=slide_id,
+                                   grant=actor.grants.get(dataset),
+                                   detail={"features": len(pending), "replaced": replaced,
+                                           **({"author": author} if author else {})})
         return ids
 
-    def update(self, slide_id: str, feature_id: str, change: dict[str, Any], editor: str, moderator: bool) -> dict:
+    def update(self, slide_id: str, feature_id: str, change: dict[str, Any], actor: Principal) -> dict[str, Any]:
         """Replace a feature's geometry, properties and/or class; only its author or a moderator."""
-        with self._write.begin() as session:
-            row = self._feature(session, slide_id, feature_id)
-            if row.author != editor and not moderator:
+        with self._uow.write() as session:
+            row, dataset = self._feature(session, slide_id, feature_id)
+            if row.author != actor.name and not actor.moderates(dataset):
                 raise NotAuthor("only the author of an annotation or a data steward may change it")
             geometry = change.get("geometry", row.geometry)
             properties = change.get("properties", row.properties)
@@ -124,31 +132,54 @@ class Annotations:
             self._assign(row, parsed)
             row.updated_at = utcnow()
             session.flush()
+            self._audit.append(session, actor.name, "annotations.update", dataset=dataset, slide_id=slide_id,
+                               detail={"feature": feature_id})
             return self._json(row)
 
-    def delete(self, slide_id: str, feature_id: str, editor: str, moderator: bool) -> None:
-        with self._write.begin() as session:
-            row = self._feature(session, slide_id, feature_id)
-            if row.author != editor and not moderator:
+    def delete(self, slide_id: str, feature_id: str, actor: Principal) -> None:
+        with self._uow.write() as session:
+            row, dataset = self._feature(session, slide_id, feature_id)
+            if row.author != actor.name and not actor.moderates(dataset):
                 raise NotAuthor("only the author of an annotation or a data steward may delete it")
             session.delete(row)
+            self._audit.append(session, actor.name, "annotations.delete", dataset=dataset, slide_id=slide_id,
+                               detail={"feature": feature_id})
 
-    def delete_algorithm_results(self, slide_id: str, algorithm: str) -> int:
-        """Drop the features earlier runs of an algorithm wrote on a slide: its latest run (or a
-        retried attempt) replaces them, as it replaces the slide's facts and heatmaps."""
-        with self._write.begin() as session:
-            image_id = self._image_id(session, slide_id)
-            result = session.execute(delete(AnnotationFeature).where(
-                AnnotationFeature.image_id == image_id, AnnotationFeature.job_id.is_not(None),
-                AnnotationFeature.author.startswith(f"{algorithm}@", autoescape=True),
-            ))
-            return int(result.rowcount or 0)
+    def replace_algorithm_results(
+        self, session: Session, slide_id: str, algorithm: str, author: str, features: Sequence[ParsedFeature],
+        job_id: int,
+    ) -> int:
+        """In the caller's transaction: the features earlier runs of an algorithm wrote on a slide go,
+        this run's come — its latest run (or a retried attempt) replaces them, as it replaces the
+        slide's facts and heatmaps, all at once or not at all."""
+        image_id, _ = self._image(session, slide_id)
+        session.execute(delete(AnnotationFeature).where(
+            AnnotationFeature.image_id == image_id, AnnotationFeature.job_id.is_not(None),
+            AnnotationFeature.author.startswith(f"{algorithm}@", autoescape=True),
+        ))
+        now = utcnow()
+        rows = [{**self._columns(f), "uuid": new_uuid(), "image_id": image_id, "author": author, "job_id": job_id,
+                 "created_at": now, "updated_at": now} for f in features]
+        for start in range(0, len(rows), INSERT_CHUNK):
+            session.execute(insert(AnnotationFeature), rows[start:start + INSERT_CHUNK])
+        return len(rows)
+
+    def set_heatmap(
+        self, session: Session, slide_id: str, name: str, sealed_png: bytes, shape: tuple[int, int],
+        legend: dict[str, Any], job_id: int | None,
+    ) -> None:
+        """In the caller's transaction: store (or replace) a slide's heatmap `name`; `shape` is
+        (rows, columns) of the raster."""
+        image_id, _ = self._image(session, slide_id)
+        session.execute(delete(Heatmap).where(Heatmap.image_id == image_id, Heatmap.name == name))
+        session.add(Heatmap(image_id=image_id, name=name, sealed_png=sealed_png, height=shape[0],
+                            width=shape[1], legend=legend, job_id=job_id))
 
     # --- reading ----------------------------------------------------------------------------------
 
     def classes(self, slide_id: str) -> list[dict[str, Any]]:
         """Each class on the slide with its colour and count (None: unclassified)."""
-        with self._read() as session:
+        with self._uow.read() as session:
             image_id = self._image_id(session, slide_id)
             rows = session.execute(
                 select(AnnotationFeature.class_name, func.max(AnnotationFeature.color), func.count())
@@ -162,7 +193,7 @@ class Annotations:
         limit: int = 10_000,
     ) -> tuple[list[dict[str, Any]], int]:
         """Features meeting the viewport (all when None), at most `limit`, and how many there are."""
-        with self._read() as session:
+        with self._uow.read() as session:
             image_id = self._image_id(session, slide_id)
             conditions = self._conditions(image_id, viewport, classes)
             total = int(session.scalar(select(func.count()).select_from(AnnotationFeature).where(*conditions)) or 0)
@@ -180,7 +211,7 @@ class Annotations:
             raise AnnotationError(f"a density grid has 1 to {MAX_DENSITY_CELLS} cells")
         cell_w = (viewport.x1 - viewport.x0) / columns
         cell_h = (viewport.y1 - viewport.y0) / rows
-        with self._read() as session:
+        with self._uow.read() as session:
             image_id = self._image_id(session, slide_id)
             conditions = self._conditions(image_id, viewport, classes)
             center_x = (AnnotationFeature.min_x + AnnotationFeature.max_x) / 2
@@ -206,19 +237,28 @@ class Annotations:
 
     def slide_extent(self, slide_id: str) -> Viewport:
         """The whole slide, in level-0 pixels."""
-        with self._read() as session:
+        with self._uow.read() as session:
             size = session.execute(select(Image.width, Image.height).where(Image.slide_id == slide_id)).first()
         if size is None:
             raise AnnotationNotFound(f"no slide {slide_id!r}")
         return Viewport(0, 0, size.width, size.height)
 
+    def export(self, slide_id: str, actor: Principal) -> list[dict[str, Any]]:
+        """Every feature of a slide as QuPath reads it; the read is audited."""
+        features = list(self.iter_export(slide_id))
+        with self._uow.read() as session:
+            _, dataset = self._image(session, slide_id)
+        self._audit.record(actor.name, "annotations.export", dataset=dataset, slide_id=slide_id,
+                           grant=actor.grants.get(dataset), detail={"features": len(features)})
+        return features
+
     def iter_export(self, slide_id: str) -> Iterator[dict[str, Any]]:
         """Every feature as QuPath reads it, in insertion order, streamed in chunks."""
-        with self._read() as session:
+        with self._uow.read() as session:
             image_id = self._image_id(session, slide_id)
         last = 0
         while True:
-            with self._read() as session:
+            with self._uow.read() as session:
                 rows = list(session.scalars(
                     select(AnnotationFeature)
                     .where(AnnotationFeature.image_id == image_id, AnnotationFeature.id > last)
@@ -232,19 +272,8 @@ class Annotations:
 
     # --- heatmaps ---------------------------------------------------------------------------------
 
-    def set_heatmap(
-        self, slide_id: str, name: str, sealed_png: bytes, shape: tuple[int, int], legend: dict[str, Any],
-        job_id: int | None,
-    ) -> None:
-        """Store (or replace) a slide's heatmap `name`; `shape` is (rows, columns) of the raster."""
-        with self._write.begin() as session:
-            image_id = self._image_id(session, slide_id)
-            session.execute(delete(Heatmap).where(Heatmap.image_id == image_id, Heatmap.name == name))
-            session.add(Heatmap(image_id=image_id, name=name, sealed_png=sealed_png, height=shape[0],
-                                width=shape[1], legend=legend, job_id=job_id))
-
     def heatmaps(self, slide_id: str) -> list[dict[str, Any]]:
-        with self._read() as session:
+        with self._uow.read() as session:
             image_id = self._image_id(session, slide_id)
             rows = session.execute(
                 select(Heatmap.name, Heatmap.width, Heatmap.height, Heatmap.legend, Job.uuid.label("job"),
@@ -256,7 +285,7 @@ class Annotations:
                  "created_at": iso_utc(r.created_at)} for r in rows]
 
     def sealed_heatmap(self, slide_id: str, name: str) -> bytes:
-        with self._read() as session:
+        with self._uow.read() as session:
             image_id = self._image_id(session, slide_id)
             sealed = session.scalar(select(Heatmap.sealed_png).where(Heatmap.image_id == image_id, Heatmap.name == name))
         if sealed is None:
@@ -264,8 +293,8 @@ class Annotations:
         return sealed
 
     def get(self, slide_id: str, feature_id: str) -> dict[str, Any]:
-        with self._read() as session:
-            return self._json(self._feature(session, slide_id, feature_id))
+        with self._uow.read() as session:
+            return self._json(self._feature(session, slide_id, feature_id)[0])
 
     # --- helpers ----------------------------------------------------------------------------------
 
@@ -326,17 +355,23 @@ class Annotations:
 
     @staticmethod
     def _image_id(session: Session, slide_id: str) -> int:
-        image_id = session.scalar(select(Image.id).where(Image.slide_id == slide_id))
-        if image_id is None:
-            raise AnnotationNotFound(f"no slide {slide_id!r}")
-        return image_id
+        return Annotations._image(session, slide_id)[0]
 
-    def _feature(self, session: Session, slide_id: str, feature_id: str) -> AnnotationFeature:
-        image_id = self._image_id(session, slide_id)
+    @staticmethod
+    def _image(session: Session, slide_id: str) -> tuple[int, str]:
+        """The image id and dataset of a slide."""
+        row = session.execute(select(Image.id, Dataset.alias).join(Dataset, Dataset.id == Image.dataset_id)
+                              .where(Image.slide_id == slide_id)).first()
+        if row is None:
+            raise AnnotationNotFound(f"no slide {slide_id!r}")
+        return row[0], row[1]
+
+    def _feature(self, session: Session, slide_id: str, feature_id: str) -> tuple[AnnotationFeature, str]:
+        image_id, dataset = self._image(session, slide_id)
         row = session.scalar(
             select(AnnotationFeature).where(AnnotationFeature.uuid == feature_id, AnnotationFeature.image_id == image_id)
         )
         if row is None:
             raise AnnotationNotFound(f"no annotation {feature_id!r} on slide {slide_id!r}")
-        return row
+        return row, dataset
 

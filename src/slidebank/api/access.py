@@ -8,17 +8,19 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from slidebank.access.erasure import erase_subject
-from slidebank.access.service import Principal
+from slidebank.access.errors import AccessError, TooManyAttempts
+from slidebank.access.identity import SESSION_HOURS
+from slidebank.access.principal import Principal
 from slidebank.api.security import (
     CSRF_COOKIE,
     SESSION_COOKIE,
-    SESSION_SECONDS,
     Gatekeeper,
     principal_dependency,
     require_user,
 )
 from slidebank.node import Node
+
+SESSION_SECONDS = SESSION_HOURS * 3600
 
 
 class NewRequest(BaseModel):
@@ -54,23 +56,31 @@ def access_routes(node: Node, gatekeeper: Gatekeeper) -> APIRouter:
 
     @router.post("/api/session", summary="Log in (browser): sets the session and CSRF cookies")
     def log_in(body: LogIn, request: Request, response: Response) -> dict:
-        principal = node.access.login(body.name, body.password)
-        if principal is None:
-            node.audit.record(body.name, "login.failed")
-            raise HTTPException(401, "wrong name or password")
-        cookie, csrf = gatekeeper.sessions.issue(principal.name)
+        address = request.client.host if request.client else "unknown"
+        try:
+            principal, cookie, csrf = node.identities.login(body.name, body.password, address)
+        except TooManyAttempts as error:
+            raise HTTPException(429, str(error), headers={"Retry-After": str(error.retry_after)}) from None
+        except AccessError:
+            raise HTTPException(401, "wrong name or password") from None
         secure = request.url.scheme == "https"
         response.set_cookie(SESSION_COOKIE, cookie, max_age=SESSION_SECONDS, httponly=True, secure=secure,
                             samesite="strict")
         response.set_cookie(CSRF_COOKIE, csrf, max_age=SESSION_SECONDS, secure=secure, samesite="strict")
-        node.audit.record(principal.name, "login")
         return {"name": principal.name, "role": principal.role, "csrf": csrf}
 
-    @router.delete("/api/session", summary="Log out (browser)")
-    def log_out(response: Response, caller: Principal = Depends(current)) -> dict:
+    @router.delete("/api/session", summary="Log out (browser): this session ends now, everywhere")
+    def log_out(request: Request, response: Response, caller: Principal = Depends(current)) -> dict:
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if cookie:
+            node.identities.end_session(cookie)
         response.delete_cookie(SESSION_COOKIE)
         response.delete_cookie(CSRF_COOKIE)
         return {"name": caller.name, "logged_out": True}
+
+    @router.delete("/api/users/{name}/sessions", summary="End every browser session of a user (self or administrator)")
+    def end_sessions(name: str, caller: Principal = Depends(user)) -> dict:
+        return {"name": name, "sessions_ended": node.identities.end_sessions(caller, name)}
 
     @router.get("/api/me", summary="The caller: name, role, readable and stewarded datasets, committees")
     def me(caller: Principal = Depends(current)) -> dict:
@@ -81,44 +91,37 @@ def access_routes(node: Node, gatekeeper: Gatekeeper) -> APIRouter:
 
     @router.post("/api/access-requests", status_code=201, summary="Ask a dataset's committee for access")
     def file_request(body: NewRequest, caller: Principal = Depends(user)) -> dict:
-        request_id = node.access.request_access(caller.name, body.dataset, body.purpose, body.project)
+        request_id = node.governance.request_access(caller, body.dataset, body.purpose, body.project)
         return {"id": request_id, "status": "pending"}
 
     @router.get("/api/access-requests", summary="Requests the caller filed or decides on")
     def list_requests(caller: Principal = Depends(user)) -> list[dict]:
-        return node.access.requests(caller)
+        return node.governance.requests(caller)
 
     @router.post("/api/access-requests/{request_id}/approve", summary="Approve, with an expiry date")
     def approve(request_id: str, body: Approval, caller: Principal = Depends(user)) -> dict:
-        grant = node.access.approve(request_id, caller, body.expires)
-        gatekeeper.forget()
+        grant = node.governance.approve(request_id, caller, body.expires)
         return {"grant": grant, "expires": body.expires.isoformat()}
 
     @router.post("/api/access-requests/{request_id}/reject", summary="Reject, with a reason")
     def reject(request_id: str, body: Rejection, caller: Principal = Depends(user)) -> dict:
-        node.access.reject(request_id, caller, body.reason)
+        node.governance.reject(request_id, caller, body.reason)
         return {"id": request_id, "status": "rejected"}
 
     @router.post("/api/grants/{grant_id}/revoke", summary="Revoke a grant (or an approved request's grant)")
     def revoke(grant_id: str, caller: Principal = Depends(user)) -> dict:
-        grant = node.access.revoke(grant_id, caller)
-        gatekeeper.forget()
+        grant = node.governance.revoke(grant_id, caller)
         return {"grant": grant, "status": "revoked"}
 
     @router.get("/api/notifications", summary="The caller's notices (decisions on their requests, new requests)")
     def notifications(caller: Principal = Depends(user)) -> list[dict]:
-        return node.access.notifications(caller)
+        return node.notifications.of(caller)
 
     @router.post("/api/erasures", summary="Erase a data subject (data steward of its datasets, or administrator)")
     def erase(body: ErasureRequest, caller: Principal = Depends(user)) -> dict:  # noqa: B008
-        datasets = node.catalog.subject_datasets(body.subject)
-        allowed = caller.role == "administrator" or (
-            caller.role == "data_steward" and datasets and datasets <= (caller.stewarded or frozenset()))
-        if not datasets or not allowed:
+        if not node.erasures.may_erase(caller, body.subject):
             raise HTTPException(404, "no such subject in the datasets you steward")
-        report = erase_subject(node, body.subject, caller.name)
-        gatekeeper.forget()
-        return report.to_json()
+        return node.erasures.erase(body.subject, caller).to_json()
 
     @router.get("/api/audit", summary="Audit entries of the datasets the caller's committee governs")
     def audit(

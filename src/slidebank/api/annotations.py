@@ -14,7 +14,7 @@ from fastapi import APIRouter, Body, Depends, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from slidebank.access.service import Principal
+from slidebank.access.principal import Principal
 from slidebank.annotations.geojson import parse_document
 from slidebank.annotations.service import Viewport
 from slidebank.api.security import Gatekeeper, principal_dependency, require_user
@@ -37,9 +37,6 @@ def annotation_routes(node: Node, gatekeeper: Gatekeeper) -> APIRouter:
     router = APIRouter(tags=["annotations"])
     current = principal_dependency(gatekeeper)
     annotations = node.annotations
-
-    def moderates(caller: Principal, dataset: str) -> bool:
-        return caller.role == "administrator" or dataset in caller.stewarded
 
     @router.get("/api/slides/{slide_id}/annotations", summary="Features in a viewport (GeoJSON)")
     def query(
@@ -70,8 +67,8 @@ def annotation_routes(node: Node, gatekeeper: Gatekeeper) -> APIRouter:
                 response_class=JSONResponse,
                 responses={200: {"content": {"application/geo+json": {"schema": {"type": "object"}}}}})
     def export(slide_id: SlideId, caller: Principal = Depends(current)) -> JSONResponse:
-        gatekeeper.read_slide(caller, slide_id, "annotations.export")
-        collection = {"type": "FeatureCollection", "features": list(annotations.iter_export(slide_id))}
+        gatekeeper.slide_dataset(caller, slide_id)
+        collection = {"type": "FeatureCollection", "features": annotations.export(slide_id, caller)}
         return JSONResponse(collection, media_type="application/geo+json",
                             headers={"Content-Disposition": f'attachment; filename="{slide_id}.geojson"'})
 
@@ -82,31 +79,23 @@ def annotation_routes(node: Node, gatekeeper: Gatekeeper) -> APIRouter:
         caller: Principal = Depends(current),
     ) -> dict:
         require_user(caller)
-        dataset = gatekeeper.slide_dataset(caller, slide_id)
+        gatekeeper.slide_dataset(caller, slide_id)
         features = parse_document(document)
-        ids = annotations.add(slide_id, features, caller.name)
-        node.audit.record(caller.name, "annotations.create", dataset=dataset, slide_id=slide_id,
-                          grant=caller.grants.get(dataset), detail={"features": len(ids)})
+        ids = annotations.add(slide_id, features, caller)
         return {"ids": ids, "features": [annotations.get(slide_id, i) for i in ids[:100]]}
 
     @router.put("/api/slides/{slide_id}/annotations/{feature_id}", summary="Change a feature (author or steward)")
     def update(slide_id: SlideId, feature_id: str, change: FeatureChange, caller: Principal = Depends(current)) -> dict:
         require_user(caller)
-        dataset = gatekeeper.slide_dataset(caller, slide_id)
-        updated = annotations.update(slide_id, feature_id, change.model_dump(exclude_unset=True), caller.name,
-                                     moderates(caller, dataset))
-        node.audit.record(caller.name, "annotations.update", dataset=dataset, slide_id=slide_id,
-                          detail={"feature": feature_id})
-        return updated
+        gatekeeper.slide_dataset(caller, slide_id)
+        return annotations.update(slide_id, feature_id, change.model_dump(exclude_unset=True), caller)
 
     @router.delete("/api/slides/{slide_id}/annotations/{feature_id}", status_code=204, response_class=Response,
                    summary="Delete a feature (author or steward)")
     def remove(slide_id: SlideId, feature_id: str, caller: Principal = Depends(current)) -> Response:
         require_user(caller)
-        dataset = gatekeeper.slide_dataset(caller, slide_id)
-        annotations.delete(slide_id, feature_id, caller.name, moderates(caller, dataset))
-        node.audit.record(caller.name, "annotations.delete", dataset=dataset, slide_id=slide_id,
-                          detail={"feature": feature_id})
+        gatekeeper.slide_dataset(caller, slide_id)
+        annotations.delete(slide_id, feature_id, caller)
         return Response(status_code=204)
 
     return router

@@ -29,8 +29,10 @@ def create_app(node: Node | None = None) -> FastAPI:
     node = node or Node.open()
     # No route takes more than a short JSON document; uploads go through `slidebank ingest`.
     app = FastAPI(title="Slidebank", version=__version__, max_body_size=MAX_BODY_BYTES)
-    gatekeeper = Gatekeeper(node, OidcVerifier.from_environment())
-    tiles = TileService(node)
+    gatekeeper = Gatekeeper(node.identities, node.catalog, node.audit, node.governance_watch,
+                            OidcVerifier.from_environment())
+    tiles = TileService(node.catalog, node.open_blob)
+    gatekeeper.on_governance_change(tiles.evict_missing)  # erased slides: files closed, keys dropped
     app.state.gatekeeper, app.state.tiles = gatekeeper, tiles
     app.include_router(catalog_routes(node, gatekeeper))
     app.include_router(access_routes(node, gatekeeper))
@@ -44,5 +46,5 @@ def create_app(node: Node | None = None) -> FastAPI:
     def health() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
-    mount_web(app, gatekeeper)
+    mount_web(app, gatekeeper.may_view)
     return app

@@ -7,12 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import Response
 
-from slidebank.access.service import Principal
+from slidebank.access.principal import Principal
 from slidebank.api.security import Gatekeeper, principal_dependency
 from slidebank.api.tiles import SlideId
-from slidebank.catalog.service import CatalogError, FactCondition, SearchQuery
+from slidebank.catalog import CatalogError, FactCondition, SearchQuery
 from slidebank.node import Node
-from slidebank.slides.stored import read_thumbnail
+from slidebank.slides.stored import read_whole
 
 
 def catalog_routes(node: Node, gatekeeper: Gatekeeper) -> APIRouter:
@@ -46,10 +46,10 @@ def catalog_routes(node: Node, gatekeeper: Gatekeeper) -> APIRouter:
     @router.get("/api/slides/{slide_id}/thumbnail.jpg", response_class=Response, summary="Thumbnail")
     def thumbnail(slide_id: SlideId, caller: Principal = Depends(current)) -> Response:
         gatekeeper.read_slide(caller, slide_id, "thumbnail.read")
-        try:
-            content = read_thumbnail(node, slide_id)
-        except LookupError:
-            raise HTTPException(404, "no such slide") from None
+        thumbnail = next((f for f in node.catalog.stored_files(slide_id) if f.role == "thumbnail"), None)
+        if thumbnail is None:
+            raise HTTPException(404, "no such slide")
+        content = read_whole(thumbnail, node.open_blob)
         return Response(content, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
     @router.get("/api/search", summary="Faceted search over the slides the caller may read")

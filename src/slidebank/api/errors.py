@@ -7,13 +7,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from iiif.error import IIIFError
 
-from slidebank.access.service import AccessError, NotAllowed
+from slidebank.access.errors import AccessError, NotAllowed, NotFound, SlideNotFound, TooManyAttempts
 from slidebank.annotations.geojson import AnnotationError
 from slidebank.annotations.service import AnnotationNotFound, NotAuthor
 from slidebank.api.tiles import (
     CORS,  # IIIF clients must be able to read error answers too
 )
-from slidebank.tiles.service import SlideNotFound, TileNotFound
+from slidebank.tiles.deepzoom import TileNotFound
 
 
 def _not_found(request: Request, error: Exception) -> JSONResponse:
@@ -36,7 +36,10 @@ def _invalid_request(request: Request, error: Exception) -> JSONResponse:
 
 
 def _access_error(request: Request, error: Exception) -> JSONResponse:
-    return JSONResponse({"detail": str(error)}, status_code=403 if isinstance(error, NotAllowed) else 400)
+    if isinstance(error, TooManyAttempts):
+        return JSONResponse({"detail": str(error)}, status_code=429, headers={"Retry-After": str(error.retry_after)})
+    status = 403 if isinstance(error, NotAllowed) else 404 if isinstance(error, NotFound) else 400
+    return JSONResponse({"detail": str(error)}, status_code=status)
 
 
 def _bad_value(request: Request, error: Exception) -> JSONResponse:

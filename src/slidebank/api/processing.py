@@ -12,14 +12,14 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from slidebank.access.service import Principal
+from slidebank.access.principal import Principal
 from slidebank.algorithms.base import ParameterError, describe
 from slidebank.algorithms.registry import UnknownAlgorithm, algorithms
 from slidebank.api.security import Gatekeeper, principal_dependency, require_user
 from slidebank.api.tiles import SlideId
-from slidebank.jobs.service import JobError, JobNotFound
-from slidebank.jobs.submit import submit_job
+from slidebank.jobs import JobError, JobNotFound
 from slidebank.node import Node
+from slidebank.processing.submit import submit_job
 from slidebank.storage.crypt import unseal
 
 
@@ -55,7 +55,7 @@ def processing_routes(node: Node, gatekeeper: Gatekeeper) -> APIRouter:
     @router.post("/api/jobs", status_code=201, summary="Run an algorithm over slides or a dataset")
     def create_job(body: NewJob, caller: Principal = Depends(user)) -> dict:
         try:
-            return submit_job(node, caller, body.algorithm, slide_ids=body.slides, dataset=body.dataset,
+            return submit_job(node.catalog, node.jobs, caller, body.algorithm, slide_ids=body.slides, dataset=body.dataset,
                               parameters=body.parameters, time_limit_s=body.time_limit_s,
                               memory_limit_mb=body.memory_limit_mb)
         except JobNotFound as error:
@@ -74,8 +74,7 @@ def processing_routes(node: Node, gatekeeper: Gatekeeper) -> APIRouter:
     @router.post("/api/jobs/{job_id}/cancel", summary="Cancel a job")
     def cancel_job(job_id: str, caller: Principal = Depends(user)) -> dict:
         visible_job(caller, job_id)
-        node.audit.record(caller.name, "job.cancel", detail={"job": job_id})
-        return node.jobs.cancel(job_id)
+        return node.jobs.cancel(job_id, caller.name)
 
     @router.get("/api/slides/{slide_id}/heatmaps", summary="The slide's heatmaps (QC masks, scores)")
     def list_heatmaps(slide_id: SlideId, caller: Principal = Depends(current)) -> list[dict]:

@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Path, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
-from slidebank.access.service import Principal
+from slidebank.access.principal import Principal
 from slidebank.api.security import Gatekeeper, principal_dependency
 from slidebank.tiles.deepzoom import dzi_xml
 from slidebank.tiles.encode import MEDIA_TYPES

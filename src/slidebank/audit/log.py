@@ -1,9 +1,12 @@
-"""The append-only, hash-chained audit log of every read of pixels or slide metadata.
+"""The append-only, hash-chained audit log of every read of pixels or metadata and every change.
 
 Each entry's hash covers the previous entry's hash and the entry's own canonical JSON, so editing,
 deleting or reordering any entry breaks the chain from there on; `verify` finds the first break.
-Appends are serialised by the database's write lock (SQLite) or a transaction advisory lock
-(PostgreSQL), so concurrent server workers extend one chain.
+
+A change and its entry commit together: services call `append` with the session of the change
+itself. Appends are serialised by the database's write lock (SQLite) or a transaction advisory
+lock (PostgreSQL), so concurrent processes extend one chain. Reads, which change nothing, are
+recorded with `record`, in a transaction of their own.
 """
 
 from __future__ import annotations
@@ -11,22 +14,24 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, select, text
+from cachetools import TTLCache
+from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from slidebank.access.models import AuditEvent
-from slidebank.catalog.database import WRITE_OPTIONS, session_factory
+from slidebank.db import UnitOfWork
+from slidebank.db.models import AuditEvent
 
 GENESIS = "0" * 64
 CHAIN_LOCK_ID = 0x5A_0D17  # PostgreSQL advisory lock serialising appends to the chain
-TILE_WINDOW_SECONDS = 300  # tile reads: one entry per reader, slide and level per 5 minutes
+TILE_WINDOW_SECONDS = 300  # tile reads: one entry per reader, slide and place per 5 minutes
+TILE_WINDOW_ENTRIES = 100_000  # readers × slides × places remembered per process (bounded memory)
+APPEND_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -51,59 +56,63 @@ def _chain(previous_hash: str, event: AuditEvent) -> str:
 
 
 class AuditLog:
-    def __init__(self, engine: Engine) -> None:
-        self._read = session_factory(engine)
-        self._write = session_factory(engine.execution_options(**WRITE_OPTIONS))
-        self._dialect = engine.dialect.name
-        self._seen_tiles: dict[tuple[str, str, str], float] = {}
-        self._lock = threading.Lock()
+    def __init__(self, uow: UnitOfWork) -> None:
+        self._uow = uow
+        self._tile_window: TTLCache[tuple[str, str, str], bool] = TTLCache(TILE_WINDOW_ENTRIES, TILE_WINDOW_SECONDS)
+        self._lock = threading.Lock()  # cachetools caches are not thread-safe; the server's pool is threads
+
+    def append(
+        self, session: Session, actor: str, action: str, *, dataset: str | None = None,
+        slide_id: str | None = None, grant: str | None = None, detail: dict[str, Any] | None = None,
+    ) -> None:
+        """Add an entry inside the caller's write transaction: it commits with the change it records."""
+        if self._uow.dialect == "postgresql":  # SQLite's write transaction already excludes other writers
+            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHAIN_LOCK_ID})
+        head = session.execute(
+            select(AuditEvent.id, AuditEvent.entry_hash).order_by(AuditEvent.id.desc()).limit(1)
+        ).first()
+        event = AuditEvent(
+            id=(head.id + 1) if head else 1, at=datetime.now(UTC), actor=actor, action=action, dataset=dataset,
+            slide_id=slide_id, grant_uuid=grant, detail=detail or {},
+            previous_hash=head.entry_hash if head else GENESIS,
+        )
+        event.entry_hash = _chain(event.previous_hash, event)
+        session.add(event)
+        session.flush()
 
     def record(
         self, actor: str, action: str, *, dataset: str | None = None, slide_id: str | None = None,
         grant: str | None = None, detail: dict[str, Any] | None = None,
     ) -> None:
-        for attempt in range(5):
+        """An entry in a transaction of its own: for reads, which change nothing else."""
+        for attempt in range(APPEND_ATTEMPTS):
             try:
-                self._append(actor, action, dataset, slide_id, grant, detail)
+                with self._uow.write() as session:
+                    self.append(session, actor, action, dataset=dataset, slide_id=slide_id, grant=grant,
+                                detail=detail)
                 return
             except IntegrityError:  # a writer outside the lock protocol took that position; read again
-                if attempt == 4:
+                if attempt == APPEND_ATTEMPTS - 1:
                     raise
-
-    def _append(
-        self, actor: str, action: str, dataset: str | None, slide_id: str | None, grant: str | None,
-        detail: dict[str, Any] | None,
-    ) -> None:
-        with self._write.begin() as session:
-            if self._dialect == "postgresql":  # SQLite's write transaction already excludes other writers
-                session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHAIN_LOCK_ID})
-            head = session.scalar(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(1))
-            event = AuditEvent(
-                id=(head.id + 1) if head else 1, at=datetime.now(UTC), actor=actor, action=action, dataset=dataset,
-                slide_id=slide_id, grant_uuid=grant, detail=detail or {},
-                previous_hash=head.entry_hash if head else GENESIS,
-            )
-            event.entry_hash = _chain(event.previous_hash, event)
-            session.add(event)
 
     def tile_read_logged(self, actor: str, slide_id: str, where: str) -> bool:
         """Whether such a tile read is already covered by an entry of the current window."""
-        seen = self._seen_tiles.get((actor, slide_id, where))
-        return seen is not None and time.monotonic() - seen < TILE_WINDOW_SECONDS
+        with self._lock:
+            return (actor, slide_id, where) in self._tile_window
 
     def record_tile_read(self, actor: str, dataset: str, slide_id: str, where: str, grant: str | None) -> None:
         """Tile reads are many: the first read of `where` (e.g. a Deep Zoom level) of a slide by a
         reader opens a 5-minute window in which its further tile reads are not logged again."""
-        key, now = (actor, slide_id, where), time.monotonic()
+        key = (actor, slide_id, where)
         with self._lock:
-            if now - self._seen_tiles.get(key, -TILE_WINDOW_SECONDS) < TILE_WINDOW_SECONDS:
+            if key in self._tile_window:
                 return
-            self._seen_tiles[key] = now
+            self._tile_window[key] = True
         self.record(actor, "tiles.read", dataset=dataset, slide_id=slide_id, grant=grant,
                     detail={"where": where, "window_seconds": TILE_WINDOW_SECONDS})
 
-    def entries(self, dataset: str | None = None) -> Iterator[dict]:
-        with self._read() as session:
+    def entries(self, dataset: str | None = None) -> Iterator[dict[str, Any]]:
+        with self._uow.read() as session:
             query = select(AuditEvent).order_by(AuditEvent.id)
             if dataset is not None:
                 query = query.where(AuditEvent.dataset == dataset)
@@ -111,7 +120,7 @@ class AuditLog:
                 yield self._json(event)
 
     def verify(self) -> ChainCheck:
-        with self._read() as session:
+        with self._uow.read() as session:
             return self._verify(session)
 
     @staticmethod
@@ -133,3 +142,6 @@ class AuditLog:
         return {"id": event.id, "at": event.at.isoformat(), "actor": event.actor, "action": event.action,
                 "dataset": event.dataset, "slide_id": event.slide_id, "grant": event.grant_uuid,
                 "detail": event.detail, "hash": event.entry_hash}
+
+
+__all__ = ["AuditLog", "ChainCheck", "GENESIS"]

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from slidebank.access import OPERATOR
+from slidebank.access.principal import OPERATOR, operator
 from slidebank.cli.common import HomeOption, JsonOption, console, fail, opened_node, print_json
 
 annotations_app = typer.Typer(help="Annotations of a slide: QuPath GeoJSON import/export, listing.",
@@ -40,9 +40,7 @@ def import_annotations(
     except (ValueError, AnnotationError) as error:  # json.JSONDecodeError is a ValueError
         fail(f"{file} is not usable GeoJSON: {error}")
     with opened_node(home, AnnotationNotFound) as node:
-        ids = node.annotations.add(slide_id, features, author)
-        node.audit.record(OPERATOR, "annotations.import", dataset=node.catalog.slide_dataset(slide_id),
-                          slide_id=slide_id, detail={"features": len(ids), "author": author})
+        ids = node.annotations.add(slide_id, features, operator(), author)
     if as_json:
         print_json({"slide_id": slide_id, "imported": len(ids), "ids": ids})
     else:
@@ -59,9 +57,7 @@ def export_annotations(
     from slidebank.annotations.service import AnnotationNotFound
 
     with opened_node(home, AnnotationNotFound) as node:
-        features = list(node.annotations.iter_export(slide_id))
-        node.audit.record(OPERATOR, "annotations.export", dataset=node.catalog.slide_dataset(slide_id),
-                          slide_id=slide_id, detail={"features": len(features)})
+        features = node.annotations.export(slide_id, operator())
     text = json.dumps({"type": "FeatureCollection", "features": features})
     if str(to) == "-":
         typer.echo(text)

@@ -7,10 +7,11 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 console = Console(stderr=True)
 HomeOption = Annotated[
@@ -50,8 +51,14 @@ def print_list(items: list[dict[str, Any]], as_json: bool, line: Callable[[dict[
         console.print(line(item))
 
 
-def fail(message: str, code: int = 2) -> None:
-    console.print(f"[red]error:[/red] {message}")
+def safe(text: str) -> str:
+    """Text from the database or a user, fit for a terminal: control characters (newlines, escape
+    sequences that could forge lines or colours) shown as escapes, never executed."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    console.print(f"[red]error:[/red] {escape(safe(message))}", highlight=False)
     raise typer.Exit(code)
 
 

@@ -7,13 +7,14 @@ decision as a named DAC member instead. Output shapes are stable for scripts (`-
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional, TypeVar
 
 import typer
 
-from slidebank.access import OPERATOR
+from slidebank.access.principal import operator
 from slidebank.cli.common import (
     HomeOption,
     JsonOption,
@@ -22,6 +23,7 @@ from slidebank.cli.common import (
     open_node,
     print_json,
     print_list,
+    safe,
 )
 
 users_app = typer.Typer(help="People and their roles.", no_args_is_help=True)
@@ -30,6 +32,11 @@ datasets_app = typer.Typer(help="Datasets and their policies.", no_args_is_help=
 access_app = typer.Typer(help="Access requests, decisions and grants.", no_args_is_help=True)
 audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
 pseudonyms_app = typer.Typer(help="The optional, encrypted way back from pseudonyms.", no_args_is_help=True)
+T = TypeVar("T")
+
+if TYPE_CHECKING:
+    from slidebank.access.principal import Principal
+    from slidebank.node import Node
 
 
 def register_governance_commands(app: typer.Typer) -> None:
@@ -39,20 +46,21 @@ def register_governance_commands(app: typer.Typer) -> None:
     app.command("erase")(erase)
 
 
-def _decider(node, acting_as: str | None):  # noqa: ANN001, ANN202
+def _decider(node: Node, acting_as: str | None) -> Principal:
     if acting_as:
-        return node.access.principal_for_user(acting_as)
-    return node.access.principal_for_requester(OPERATOR)
+        return node.identities.principal_for_user(acting_as)
+    return operator()
 
 
-def _run(action):  # noqa: ANN001, ANN202 - turn domain errors into one clean line and exit 2
-    from slidebank.access.service import AccessError
+def _run(action: Callable[[], T]) -> T:
+    """Run a service call; a domain error becomes one clean line and exit status 2."""
+    from slidebank.access.errors import AccessError
 
     try:
         return action()
     except AccessError as error:
         fail(str(error))
-        return None
+        raise AssertionError("unreachable") from error
 
 
 @users_app.command("add")
@@ -67,35 +75,76 @@ def users_add(
     """Add a user."""
     node = open_node(home)
     password = sys.stdin.readline().rstrip("\n") if password_stdin else None
-    user = _run(lambda: node.access.add_user(name, role, org, password))
-    node.audit.record(OPERATOR, "user.add", detail={"user": name, "role": role})
+    user = _run(lambda: node.identities.add_user(operator(), name, role, org, password))
     print_json(user) if as_json else console.print(f"added {name} ({role})")
 
 
 @users_app.command("list")
 def users_list(as_json: JsonOption = False, home: HomeOption = None) -> None:
     """List users."""
-    print_list(open_node(home).access.list_users(), as_json,
-               lambda user: f"{user['name']:24} {user['role']:14} {user['organisation'] or ''}")
+    print_list(open_node(home).identities.list_users(), as_json,
+               lambda user: f"{safe(user['name']):24} {user['role']:14} {safe(user['organisation'] or '')}"
+               + ("  (disabled)" if user["disabled"] else ""))
+
+
+@users_app.command("disable")
+def users_disable(name: str, as_json: JsonOption = False, home: HomeOption = None) -> None:
+    """Disable an account: its tokens and sessions stop working on the next request."""
+    user = _run(lambda: open_node(home).identities.set_disabled(operator(), name, True))
+    print_json(user) if as_json else console.print(f"disabled {safe(name)}")
+
+
+@users_app.command("enable")
+def users_enable(name: str, as_json: JsonOption = False, home: HomeOption = None) -> None:
+    """Enable a disabled account again."""
+    user = _run(lambda: open_node(home).identities.set_disabled(operator(), name, False))
+    print_json(user) if as_json else console.print(f"enabled {safe(name)}")
+
+
+@users_app.command("logout")
+def users_logout(name: str, as_json: JsonOption = False, home: HomeOption = None) -> None:
+    """End every browser session of a user, in every server process, now."""
+    ended = _run(lambda: open_node(home).identities.end_sessions(operator(), name))
+    print_json({"name": name, "sessions_ended": ended}) if as_json else console.print(f"ended {ended} session(s)")
 
 
 @tokens_app.command("create")
 def tokens_create(
     name: Annotated[str, typer.Argument(help="The user the token acts as")],
-    expires: Annotated[int, typer.Option(min=1, max=3650, help="Days until it expires")] = 90,
+    expires: Annotated[int, typer.Option(min=1, max=365, help="Days until it expires (at most a year)")] = 90,
     label: Annotated[str, typer.Option(help="What the token is for")] = "cli",
     as_json: JsonOption = False,
     home: HomeOption = None,
 ) -> None:
     """Create an API token; it is printed once, alone on the last line."""
     node = open_node(home)
-    token = _run(lambda: node.access.create_token(name, label, expires))
-    node.audit.record(OPERATOR, "token.create", detail={"user": name, "label": label, "days": expires})
+    token, entry = _run(lambda: node.identities.create_token(operator(), name, label, expires))
     if as_json:
-        print_json({"user": name, "label": label, "expires_days": expires, "token": token})
+        print_json({"user": name, "label": label, "expires_days": expires, "id": entry["id"], "token": token})
         return
-    console.print(f"token for {name}, valid {expires} days; store it now, it is not shown again:")
+    console.print(f"token {entry['id']} for {safe(name)}, valid {expires} days; store it now, it is not shown again:")
     typer.echo(token)
+
+
+@tokens_app.command("list")
+def tokens_list(
+    user: Annotated[Optional[str], typer.Option(help="Only this user's tokens")] = None,
+    as_json: JsonOption = False, home: HomeOption = None,
+) -> None:
+    """List tokens (their ids, never the secrets)."""
+    print_list(_run(lambda: open_node(home).identities.list_tokens(operator(), user)), as_json,
+               lambda t: f"{t['id']}  {safe(t['user']):20} {safe(t['label']):16} expires {t['expires_at'][:10]}"
+               + (f"  revoked {t['revoked_at'][:10]}" if t["revoked_at"] else ""))
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(
+    token_id: Annotated[str, typer.Argument(help="The id `tokens list` shows, or the token itself")],
+    as_json: JsonOption = False, home: HomeOption = None,
+) -> None:
+    """Revoke a token: it stops working on the next request, in every server process."""
+    entry = _run(lambda: open_node(home).identities.revoke_token(operator(), token_id))
+    print_json(entry) if as_json else console.print(f"revoked token {entry['id']} of {safe(entry['user'])}")
 
 
 @datasets_app.command("create")
@@ -107,21 +156,58 @@ def datasets_create(
     committee: Annotated[Optional[list[str]], typer.Option(help="DAC member deciding requests (repeatable)")] = None,
     steward: Annotated[Optional[list[str]], typer.Option(help="Data steward of the dataset (repeatable)")] = None,
     exist_ok: Annotated[bool, typer.Option("--exist-ok", help="An existing dataset of that name is fine")] = False,
+    max_grant_days: Annotated[Optional[int], typer.Option(help="Longest grant the committee may give (days)")] = None,
     as_json: JsonOption = False,
     home: HomeOption = None,
 ) -> None:
     """Create a dataset under a policy (DUO:0000004, no restriction, makes it open to everyone)."""
     node = open_node(home)
-    created = _run(lambda: node.access.create_dataset(name, policy, duo or [], title, exist_ok=exist_ok))
+    created = _run(lambda: node.governance.create_dataset(operator(), name, policy, duo or [], title,
+                                                          exist_ok=exist_ok, max_grant_days=max_grant_days))
     if created.get("existed"):
         print_json(created) if as_json else console.print(f"dataset {name} exists")
         return
     for member in committee or []:
-        _run(lambda member=member: node.access.add_committee_member(name, member))
+        _run(lambda member=member: node.governance.add_committee_member(operator(), name, member))
     for person in steward or []:
-        _run(lambda person=person: node.access.add_steward(name, person))
-    node.audit.record(OPERATOR, "dataset.create", dataset=name, detail={"policy": policy, "duo": duo or []})
+        _run(lambda person=person: node.governance.add_steward(operator(), name, person))
     print_json(created) if as_json else console.print(f"dataset {name} ({'open' if created['open'] else 'controlled'})")
+
+
+@datasets_app.command("policy")
+def datasets_policy(
+    name: str,
+    policy: Annotated[Optional[str], typer.Option(help="New terms of use, in words")] = None,
+    duo: Annotated[Optional[list[str]], typer.Option(help="GA4GH DUO codes (repeatable); replaces the old")] = None,
+    max_grant_days: Annotated[Optional[int], typer.Option(help="Longest grant the committee may give (days)")] = None,
+    as_json: JsonOption = False,
+    home: HomeOption = None,
+) -> None:
+    """Change a dataset's policy; opening or closing it takes effect on the next request."""
+    changed = _run(lambda: open_node(home).governance.set_policy(operator(), name, policy, duo, max_grant_days))
+    print_json(changed) if as_json else console.print(f"dataset {name} ({'open' if changed['open'] else 'controlled'})")
+
+
+@datasets_app.command("committee")
+def datasets_committee(
+    name: str, member: Annotated[list[str], typer.Option(help="DAC member (repeatable)")], home: HomeOption = None,
+) -> None:
+    """Add members to a dataset's data access committee."""
+    node = open_node(home)
+    for person in member:
+        _run(lambda person=person: node.governance.add_committee_member(operator(), name, person))
+    console.print(f"committee of {name}: added {', '.join(safe(m) for m in member)}")
+
+
+@datasets_app.command("steward")
+def datasets_steward(
+    name: str, user: Annotated[list[str], typer.Option(help="Data steward (repeatable)")], home: HomeOption = None,
+) -> None:
+    """Add data stewards to a dataset."""
+    node = open_node(home)
+    for person in user:
+        _run(lambda person=person: node.governance.add_steward(operator(), name, person))
+    console.print(f"stewards of {name}: added {', '.join(safe(u) for u in user)}")
 
 
 @datasets_app.command("list")
@@ -142,7 +228,8 @@ def access_request(
 ) -> None:
     """File an access request for a user; prints the request id."""
     node = open_node(home)
-    request_id = _run(lambda: node.access.request_access(user, dataset, purpose, project))
+    requester = _run(lambda: node.identities.principal_for_user(user))
+    request_id = _run(lambda: node.governance.request_access(requester, dataset, purpose, project))
     print_json({"id": request_id, "status": "pending"}) if as_json else typer.echo(request_id)
 
 
@@ -162,7 +249,7 @@ def access_approve(
         fail(f"--expires must be YYYY-MM-DD, not {expires!r}")
         return
     decider = _run(lambda: _decider(node, acting_as))
-    grant = _run(lambda: node.access.approve(request_id, decider, until))
+    grant = _run(lambda: node.governance.approve(request_id, decider, until))
     print_json({"grant": grant, "expires": expires}) if as_json else typer.echo(grant)
 
 
@@ -177,7 +264,7 @@ def access_reject(
     """Reject a pending request with a reason the requester will see."""
     node = open_node(home)
     decider = _run(lambda: _decider(node, acting_as))
-    _run(lambda: node.access.reject(request_id, decider, reason))
+    _run(lambda: node.governance.reject(request_id, decider, reason))
     print_json({"id": request_id, "status": "rejected"}) if as_json else console.print("rejected")
 
 
@@ -191,7 +278,7 @@ def access_revoke(
     """Revoke a grant (given its id or its request's id)."""
     node = open_node(home)
     decider = _run(lambda: _decider(node, acting_as))
-    grant = _run(lambda: node.access.revoke(grant_or_request_id, decider))
+    grant = _run(lambda: node.governance.revoke(grant_or_request_id, decider))
     print_json({"grant": grant, "status": "revoked"}) if as_json else console.print(f"revoked {grant}")
 
 
@@ -199,8 +286,9 @@ def access_revoke(
 def access_list(as_json: JsonOption = False, home: HomeOption = None) -> None:
     """Every access request and its state."""
     node = open_node(home)
-    print_list(node.access.requests(_decider(node, None)), as_json,
-               lambda request: f"{request['id']}  {request['status']:9} {request['user']:16} {request['dataset']}")
+    print_list(node.governance.requests(_decider(node, None)), as_json,
+               lambda request: f"{request['id']}  {request['status']:9} {safe(request['user']):16} "
+                               f"{safe(request['dataset'])}")
 
 
 @audit_app.command("show")
@@ -212,8 +300,9 @@ def audit_show(
         if as_json:
             print_json(entry)
         else:
-            console.print(f"{entry['id']:6} {entry['at'][:19]} {entry['actor']:16} {entry['action']:16} "
-                          f"{entry['dataset'] or '':16} {entry['slide_id'] or ''}")
+            console.print(f"{entry['id']:6} {entry['at'][:19]} {safe(entry['actor']):16} {entry['action']:16} "
+                          f"{safe(entry['dataset'] or ''):16} {safe(entry['slide_id'] or '')}", markup=False,
+                          highlight=False)
 
 
 @audit_app.command("verify")
@@ -254,12 +343,10 @@ def erase(
     home: HomeOption = None,
 ) -> None:
     """Erase a data subject: slides, metadata and derived results; a tombstone and an audit entry remain."""
-    from slidebank.access.erasure import erase_subject
-
     node = open_node(home)
     if not node.catalog.subject_datasets(subject):
-        fail(f"no subject {subject!r} in this node", 1)
-    report = erase_subject(node, subject, OPERATOR)
+        fail(f"no subject {safe(subject)!r} in this node", 1)
+    report = _run(lambda: node.erasures.erase(subject, operator()))
     if as_json:
         print_json(report.to_json())
     else:
@@ -270,6 +357,4 @@ def erase(
 def pseudonyms_reveal(pseudonym: str, home: HomeOption = None) -> None:
     """Print the submitter's identifier behind a pseudonym (only on nodes that keep the map)."""
     node = open_node(home)
-    identifier = _run(lambda: node.access.reveal_pseudonym(pseudonym, node.keys))
-    node.audit.record(OPERATOR, "pseudonym.reveal", detail={"pseudonym": pseudonym})
-    typer.echo(identifier)
+    typer.echo(_run(lambda: node.pseudonyms.reveal(operator(), pseudonym)))

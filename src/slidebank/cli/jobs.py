@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from slidebank.access import OPERATOR
+from slidebank.access.principal import OPERATOR
 from slidebank.cli.common import (
     HomeOption,
     JsonOption,
@@ -48,7 +48,7 @@ def _parameters(pairs: list[str]) -> dict[str, str]:
 
 
 def _principal(node: Any, acting_as: str | None) -> Any:
-    principal = node.access.principal_for_requester(acting_as or OPERATOR)
+    principal = node.identities.principal_for_requester(acting_as or OPERATOR)
     if principal is None:
         fail(f"no enabled user {acting_as!r}")
     return principal
@@ -70,17 +70,17 @@ def run(
 ) -> None:
     """Create a job running ALGO over slides; without --wait it is queued for `slidebank serve` or
     `slidebank jobs work`. Exit 1 if the job (with --wait) did not finish as done."""
-    from slidebank.access.service import AccessError
+    from slidebank.access.errors import AccessError
     from slidebank.algorithms.base import ParameterError
     from slidebank.algorithms.registry import UnknownAlgorithm
-    from slidebank.jobs.service import JobError
-    from slidebank.jobs.submit import submit_job
+    from slidebank.jobs import JobError
+    from slidebank.processing.submit import submit_job
 
     if not slide and not dataset:
         fail("name slides with --slide or a dataset with --dataset")
     node = open_node(home)
     try:
-        job = submit_job(node, _principal(node, acting_as), algorithm, slide_ids=slide or [], dataset=dataset,
+        job = submit_job(node.catalog, node.jobs, _principal(node, acting_as), algorithm, slide_ids=slide or [], dataset=dataset,
                          parameters=_parameters(param or []), time_limit_s=time_limit, memory_limit_mb=memory_limit)
     except (UnknownAlgorithm, ParameterError, JobError, AccessError) as error:
         node.close()
@@ -99,7 +99,7 @@ def run(
 
 
 def _run_with_progress(node: Any, job_id: str, scheduler: str | None, workers: int | None, quiet: bool) -> dict:
-    from slidebank.jobs.runner import ClusterSettings, JobRunner
+    from slidebank.processing.runner import ClusterSettings, JobRunner
 
     settings = ClusterSettings.from_environment(scheduler, workers)
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -117,12 +117,12 @@ def _run_with_progress(node: Any, job_id: str, scheduler: str | None, workers: i
 
 def run_queued_qc(node: Any, slide_ids: list[str], quiet: bool) -> dict | None:
     """The quality-control job every ingest ends with (as the operator)."""
-    from slidebank.jobs.submit import submit_job
+    from slidebank.processing.submit import submit_job
 
     if not slide_ids:
         return None
-    principal = node.access.principal_for_requester(OPERATOR)
-    job = submit_job(node, principal, "qc", slide_ids=slide_ids)
+    principal = node.identities.principal_for_requester(OPERATOR)
+    job = submit_job(node.catalog, node.jobs, principal, "qc", slide_ids=slide_ids)
     return _run_with_progress(node, job["id"], None, None, quiet)
 
 
@@ -147,7 +147,7 @@ def jobs_list(
 @jobs_app.command("show")
 def jobs_show(job_id: str, as_json: JsonOption = False, home: HomeOption = None) -> None:
     """A job with its tasks, timings, results summary and log (its provenance)."""
-    from slidebank.jobs.service import JobNotFound
+    from slidebank.jobs import JobNotFound
 
     with opened_node(home, JobNotFound) as node:
         job = node.jobs.get(job_id)
@@ -172,11 +172,10 @@ def jobs_show(job_id: str, as_json: JsonOption = False, home: HomeOption = None)
 @jobs_app.command("cancel")
 def jobs_cancel(job_id: str, as_json: JsonOption = False, home: HomeOption = None) -> None:
     """Stop a job: queued ones at once, running ones at their next tile."""
-    from slidebank.jobs.service import JobNotFound
+    from slidebank.jobs import JobNotFound
 
     with opened_node(home, JobNotFound) as node:
-        job = node.jobs.cancel(job_id)
-        node.audit.record(OPERATOR, "job.cancel", detail={"job": job_id})
+        job = node.jobs.cancel(job_id, OPERATOR)
     if as_json:
         print_json(job)
     else:
@@ -190,7 +189,7 @@ def jobs_work(scheduler: SchedulerOption = None, workers: WorkersOption = None, 
     import signal
     import threading
 
-    from slidebank.jobs.runner import ClusterSettings, JobRunner
+    from slidebank.processing.runner import ClusterSettings, JobRunner
 
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

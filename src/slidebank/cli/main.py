@@ -25,15 +25,16 @@ from rich.progress import (
 from rich.table import Table
 
 from slidebank import __version__
+from slidebank.cli.annotations import annotations_app
 from slidebank.cli.common import (
     HomeOption,
     JsonOption,
     console,
     fail,
     open_node,
+    opened_node,
     print_json,
 )
-from slidebank.cli.annotations import annotations_app
 from slidebank.cli.governance import register_governance_commands
 from slidebank.cli.jobs import register_job_commands, run_queued_qc
 
@@ -55,13 +56,14 @@ def init(home: HomeOption = None) -> None:
     """Create (or upgrade) an embedded node: catalog schema, blob store and node key."""
     import secrets
 
+    from slidebank.access.principal import operator
+
     node = open_node(home)
     _ = node.secret
     console.print(f"Slidebank node ready in [bold]{node.settings.home}[/bold]")
-    if not node.access.list_users():  # a fresh node: its first administrator
+    if not node.identities.has_users():  # a fresh node: its first administrator
         password = secrets.token_urlsafe(12)
-        node.access.add_user("admin", "administrator", password=password)
-        node.audit.record("operator", "user.add", detail={"user": "admin", "role": "administrator"})
+        node.identities.add_user(operator(), "admin", "administrator", password=password)
         console.print(f"Administrator [bold]admin[/bold], password [bold]{password}[/bold] (shown once). "
                       "For an API token: [bold]slidebank tokens create admin[/bold]")
     node.close()
@@ -222,7 +224,7 @@ def search(
     home: HomeOption = None,
 ) -> None:
     """Faceted search at image level: filters are OR within a facet and AND across facets."""
-    from slidebank.catalog.service import CatalogError, FactCondition, SearchQuery
+    from slidebank.catalog import CatalogError, FactCondition, SearchQuery
 
     try:
         conditions = FactCondition.parse_all(where) if where else ()
@@ -270,17 +272,12 @@ def export(
     home: HomeOption = None,
 ) -> None:
     """Write the stored canonical slide as DICOM files (administrators)."""
+    from slidebank.access.errors import SlideNotFound
+    from slidebank.access.principal import operator
     from slidebank.slides.stored import export_slide
 
-    node = open_node(home)
-    try:
-        written = export_slide(node, slide_id, to)
-        node.audit.record("operator", "slide.export", dataset=node.catalog.slide_dataset(slide_id),
-                          slide_id=slide_id, detail={"files": len(written)})
-    except LookupError as error:
-        fail(str(error), 1)
-    finally:
-        node.close()
+    with opened_node(home, SlideNotFound) as node:
+        written = export_slide(node.catalog, node.audit, node.open_blob, operator(), slide_id, to)
     for path in written:
         typer.echo(str(path))
 

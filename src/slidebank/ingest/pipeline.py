@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import re
 import secrets
 import time
 from dataclasses import dataclass, field, replace
@@ -24,16 +23,21 @@ from typing import Any, Literal
 
 import openslide
 import pydicom
+from sqlalchemy.orm import Session
 from wsidicom import WsiDicom
 
 from slidebank import __version__
+from slidebank.access.principal import Principal
+from slidebank.access.pseudonyms import Pseudonyms
+from slidebank.audit import AuditLog
+from slidebank.catalog import SLIDE_ID_PATTERN, Catalog, DuplicateSourceError, SlideIdTakenError
 from slidebank.catalog.records import (
     IngestedSlide,
     LevelInfo,
     SlideDescription,
     StoredFile,
 )
-from slidebank.catalog.service import DuplicateSourceError, SlideIdTakenError
+from slidebank.catalog.registration import dataset_alias
 from slidebank.ingest.convert import ConversionError, convert_to_dicom
 from slidebank.ingest.deidentify import (
     PROFILE_NAME,
@@ -42,12 +46,11 @@ from slidebank.ingest.deidentify import (
     pseudonym,
     verify_deidentified,
 )
-from slidebank.node import Node, NodeSettings
-from slidebank.slides.inspect import SlideRejected, SourceInfo, inspect_source
+from slidebank.slides.inspect import Limits, SlideRejected, SourceInfo, inspect_source
 from slidebank.slides.source import SourceSlide
-from slidebank.storage import sha256_file
+from slidebank.storage import LocalBlobStore, sha256_file
+from slidebank.storage.crypt import NodeKeys
 
-SLIDE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 THUMBNAIL_SIZE = 512
 Status = Literal["ingested", "duplicate", "rejected"]
 
@@ -74,6 +77,28 @@ class IngestOutcome:
 
     def to_json(self) -> dict[str, Any]:
         return {"path": self.path, "status": self.status, "slide_id": self.slide_id, "error": self.error}
+
+
+@dataclass(frozen=True)
+class IngestContext:
+    """What the steps before registration need of the node: they run in worker processes."""
+
+    catalog: Catalog
+    store: LocalBlobStore
+    keys: NodeKeys
+    secret: bytes  # keys the pseudonyms
+    limits: Limits
+
+
+@dataclass(frozen=True)
+class Registrar:
+    """What registration needs: it runs in the parent, the catalog's one writer."""
+
+    catalog: Catalog
+    store: LocalBlobStore
+    audit: AuditLog
+    pseudonyms: Pseudonyms | None  # only where the node keeps the way back
+    actor: Principal
 
 
 def new_slide_id() -> str:
@@ -134,30 +159,26 @@ def _describe_stored(files: tuple[Path, ...]) -> tuple[list[tuple[Path, int]], l
     return file_levels, levels, (tile, thumbnail.convert("RGB")), transfer_syntax
 
 
-def prepare_slide(settings: NodeSettings, request: IngestRequest, threads: int = 1) -> IngestedSlide | IngestOutcome:
+def prepare_slide(context: IngestContext, request: IngestRequest, threads: int = 1) -> IngestedSlide | IngestOutcome:
     """Every step but registration; safe to run in a worker process. Returns an outcome when done early."""
     started = time.monotonic()
     source = request.source
-    node = Node(settings, migrate=False)
     try:
-        try:
-            info = inspect_source(source, node.limits)
-            source_sha256, source_size = checksum_source(source)
-            existing = node.catalog.slide_id_for_source(source_sha256)
-            if existing:
-                return IngestOutcome(source.display_name, "duplicate", existing, size=source_size)
-            slide_id = validate_slide_id(request.description.slide_id or new_slide_id())
-            if node.catalog.slide_exists(slide_id):
-                raise SlideRejected(f"slide id {slide_id!r} is already taken", "choose another --slide-id")
-            return _convert_and_publish(node, request, info, slide_id, source_sha256, source_size, threads, started)
-        except (SlideRejected, ConversionError, DeidentificationError) as error:
-            return IngestOutcome(source.display_name, "rejected", error=str(error), size=source.size)
-    finally:
-        node.close()
+        info = inspect_source(source, context.limits)
+        source_sha256, source_size = checksum_source(source)
+        existing = context.catalog.slide_id_for_source(source_sha256)
+        if existing:
+            return IngestOutcome(source.display_name, "duplicate", existing, size=source_size)
+        slide_id = validate_slide_id(request.description.slide_id or new_slide_id())
+        if context.catalog.slide_exists(slide_id):
+            raise SlideRejected(f"slide id {slide_id!r} is already taken", "choose another --slide-id")
+        return _convert_and_publish(context, request, info, slide_id, source_sha256, source_size, threads, started)
+    except (SlideRejected, ConversionError, DeidentificationError) as error:
+        return IngestOutcome(source.display_name, "rejected", error=str(error), size=source.size)
 
 
 def _convert_and_publish(
-    node: Node,
+    node: IngestContext,
     request: IngestRequest,
     info: SourceInfo,
     slide_id: str,
@@ -247,17 +268,24 @@ def _pseudonymised(description: SlideDescription, secret: bytes, subject: str, s
     return replace(description, subject=subject, slide_id=slide_id, **labels)
 
 
-def register_slide(node: Node, request: IngestRequest, prepared: IngestedSlide | IngestOutcome) -> IngestOutcome:
-    """The one transactional boundary: the slide exists once this commits, and not before."""
+def register_slide(node: Registrar, request: IngestRequest, prepared: IngestedSlide | IngestOutcome) -> IngestOutcome:
+    """The one transactional boundary: the slide, its audit entry and the way back from its subject's
+    pseudonym (where kept) exist once this commits, and not before."""
     if isinstance(prepared, IngestOutcome):
         return prepared
     name = request.source.display_name
     seconds = float(prepared.provenance.get("seconds", 0.0))
+    subject, pseudonym = request.description.subject, prepared.description.subject
+
+    def also(session: Session) -> None:
+        if node.pseudonyms is not None and subject and pseudonym:
+            node.pseudonyms.remember(session, pseudonym, subject)
+        node.audit.append(session, node.actor.name, "slide.ingest", dataset=dataset_alias(prepared.description.dataset),
+                          slide_id=prepared.slide_id,
+                          detail={"source_sha256": prepared.source_sha256, "conversion": prepared.provenance.get("conversion")})
+
     try:
-        slide_id = node.catalog.register(prepared)
-        subject = request.description.subject
-        if subject and node.settings.keep_pseudonym_map and prepared.description.subject:
-            node.access.remember_pseudonym(prepared.description.subject, subject, node.keys)
+        slide_id = node.catalog.register(prepared, also)
     except DuplicateSourceError as duplicate:
         _discard_blobs(node, prepared)
         return IngestOutcome(name, "duplicate", duplicate.slide_id, size=prepared.source_size)
@@ -276,7 +304,7 @@ def register_slide(node: Node, request: IngestRequest, prepared: IngestedSlide |
     )
 
 
-def _discard_blobs(node: Node, prepared: IngestedSlide) -> None:
+def _discard_blobs(node: Registrar, prepared: IngestedSlide) -> None:
     referenced = node.catalog.referenced_blobs()
     for stored in prepared.files:
         if stored.sha256 not in referenced:

@@ -1,27 +1,31 @@
-"""Batch ingest: many slides, in worker processes, resumable, reporting as it goes.
+"""Batch ingest: many slides, in supervised worker processes, resumable, reporting as it goes.
 
-Workers do the heavy, crash-safe part (`prepare_slide`); the parent registers results one by one,
-so a batch with a bad file still ingests all the good ones, and re-running the same command after
-a crash reports finished slides as duplicates and does the rest.
+Workers do the heavy, crash-safe part (`prepare_slide`) under a time limit and a memory cap; the
+parent registers results one by one, so a batch with a bad file — corrupt, hostile, or one that
+makes a decoder hang — still ingests all the good ones, and re-running the same command after a
+crash reports finished slides as duplicates and does the rest.
 """
 
 from __future__ import annotations
 
-import multiprocessing
+import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-from slidebank.catalog.records import SlideDescription
+from slidebank.access.principal import Principal, operator
+from slidebank.catalog.records import IngestedSlide, SlideDescription
 from slidebank.ingest.pipeline import (
+    IngestContext,
     IngestOutcome,
     IngestRequest,
+    Registrar,
     prepare_slide,
     register_slide,
 )
 from slidebank.ingest.sidecar import load_sidecar
-from slidebank.node import Node
+from slidebank.ingest.watchdog import Finished, Limits, SupervisedPool
+from slidebank.node import Node, NodeSettings
 from slidebank.slides.source import SourceSlide, discover
 
 
@@ -71,55 +75,74 @@ def _is_within(path: Path, folder: Path) -> bool:
         return False
 
 
+def time_limit(source: SourceSlide) -> float:
+    """How long one slide may take before it counts as hung: generous, and growing with its size."""
+    base = float(os.environ.get("SLIDEBANK_INGEST_TIME_LIMIT_S", "120"))
+    per_gib = float(os.environ.get("SLIDEBANK_INGEST_SECONDS_PER_GB", "600"))
+    return base + per_gib * source.size / 2**30
+
+
+def memory_limit() -> int:
+    """The most resident memory one slide's conversion may use, in bytes."""
+    return int(float(os.environ.get("SLIDEBANK_INGEST_MEMORY_MB", "4096")) * 2**20)
+
+
+_worker_node: Node | None = None
+
+
+def _open_worker_node(settings: NodeSettings) -> None:
+    """In each worker process, once: the node it prepares slides for (no migration: the parent did)."""
+    global _worker_node
+    _worker_node = Node(settings, migrate=False)
+
+
+def _prepare_in_worker(request: IngestRequest, threads: int) -> IngestedSlide | IngestOutcome:
+    node = _worker_node
+    assert node is not None, "worker process without its node"
+    context = IngestContext(node.catalog, node.store, node.keys, node.secret, node.limits)
+    return prepare_slide(context, request, threads)
+
+
 def run_ingest(
     node: Node,
     plan: IngestPlan,
     *,
     workers: int = 1,
+    actor: Principal | None = None,
     on_outcome: Callable[[IngestOutcome], None] | None = None,
 ) -> list[IngestOutcome]:
-    """Ingest every planned slide; outcomes in completion order, each reported as soon as known."""
+    """Ingest every planned slide; outcomes in completion order, each reported as soon as known.
+
+    Each slide is prepared in a supervised worker process (see `watchdog`): one that hangs, or goes
+    over its memory cap, is stopped and reported `rejected` with the reason while the batch goes on;
+    what it staged is removed by the next recovery, and nothing of it is registered.
+    """
     outcomes: list[IngestOutcome] = []
     _ = node.keys  # create the node's key pair here, before worker processes need it
-
-    def finish(request: IngestRequest, prepared: object) -> None:
-        outcome = register_slide(node, request, prepared)  # type: ignore[arg-type]
-        outcomes.append(outcome)
-        if on_outcome:
-            on_outcome(outcome)
+    registrar = Registrar(node.catalog, node.store, node.audit,
+                          node.pseudonyms if node.settings.keep_pseudonym_map else None, actor or operator())
+    requests = {index: request for index, request in enumerate(plan.requests)}
+    threads = max(1, workers) if len(requests) <= 1 else 1
 
     with node.ingest_lock():
         node.recover()
-        if workers <= 1 or len(plan.requests) <= 1:
-            threads = max(1, workers)
-            for request in plan.requests:
-                finish(request, _prepare_or_fail(node, request, threads))
-            return outcomes
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            futures: dict[Future, IngestRequest] = {
-                pool.submit(prepare_slide, node.settings, request, 1): request for request in plan.requests
-            }
-            pending = set(futures)
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    request = futures[future]
-                    try:
-                        prepared = future.result()
-                    except Exception as error:  # a worker died (OOM, segfault in a codec)
-                        prepared = IngestOutcome(
-                            request.source.display_name, "rejected", error=f"ingest worker failed: {error}"
-                        )
-                    finish(request, prepared)
+        with SupervisedPool[int](min(workers, max(1, len(requests))), _open_worker_node, (node.settings,)) as pool:
+            for index, request in requests.items():
+                pool.submit(index, _prepare_in_worker, (request, threads),
+                            Limits(time_limit(request.source), memory_limit()))
+            for index, result in pool.results():
+                request = requests[index]
+                if isinstance(result, Finished):
+                    prepared = result.value
+                else:
+                    prepared = IngestOutcome(request.source.display_name, "rejected", error=result.reason,
+                                             size=request.source.size)
+                outcome = register_slide(registrar, request, prepared)
+                outcomes.append(outcome)
+                if on_outcome:
+                    on_outcome(outcome)
+        node.recover()  # what a stopped worker left in staging or published goes now
     return outcomes
-
-
-def _prepare_or_fail(node: Node, request: IngestRequest, threads: int) -> object:
-    try:
-        return prepare_slide(node.settings, request, threads)
-    except Exception as error:  # keep the batch going; the message says what broke
-        return IngestOutcome(request.source.display_name, "rejected", error=f"unexpected error: {error}")
 
 
 __all__ = ["IngestPlan", "IngestUsageError", "SourceSlide", "plan_ingest", "run_ingest"]

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from slidebank.catalog.records import SlideDescription
-from slidebank.catalog.service import SLIDE_ID_PATTERN
+from slidebank.catalog.identifiers import SLIDE_ID_PATTERN
 from slidebank.catalog.vocabulary import SEX, UnknownTermError, valid_age
 
 DESCRIPTION_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(SlideDescription))

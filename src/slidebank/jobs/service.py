@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Engine, func, or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
-from slidebank.catalog.database import WRITE_OPTIONS, iso_utc, session_factory
-from slidebank.catalog.models import Image, utcnow
-from slidebank.jobs.models import Job, JobTask
+from slidebank.audit import AuditLog
+from slidebank.db import UnitOfWork
+from slidebank.db.models import Image, Job, JobTask, utcnow
+from slidebank.db.models.base import iso_utc
 
 STALE_AFTER = timedelta(seconds=float(os.environ.get("SLIDEBANK_JOB_STALE_SECONDS", "30")))
 MAX_LOG_LINES = 500
@@ -50,15 +51,16 @@ def runner_name() -> str:
 
 
 class Jobs:
-    def __init__(self, engine: Engine) -> None:
-        self._read = session_factory(engine)
-        self._write = session_factory(engine.execution_options(**WRITE_OPTIONS))
+    def __init__(self, uow: UnitOfWork, audit: AuditLog) -> None:
+        self._uow = uow
+        self._audit = audit
 
-    def create(self, spec: JobSpec) -> dict[str, Any]:
-        """A queued job with one task per slide (unknown slides are an error; nothing is created)."""
+    def create(self, spec: JobSpec, dataset: str | None = None) -> dict[str, Any]:
+        """A queued job with one task per slide (unknown slides are an error; nothing is created),
+        audited as the requester's."""
         if not spec.slide_ids:
             raise JobError("a job needs at least one slide")
-        with self._write.begin() as session:
+        with self._uow.write() as session:
             images = dict(session.execute(select(Image.slide_id, Image.id).where(Image.slide_id.in_(spec.slide_ids))).all())
             missing = [s for s in spec.slide_ids if s not in images]
             if missing:
@@ -70,23 +72,28 @@ class Jobs:
             )
             session.add(job)
             session.flush()
+            self._audit.append(session, spec.requester, "job.create", dataset=dataset,
+                               slide_id=spec.slide_ids[0] if len(spec.slide_ids) == 1 else None,
+                               detail={"job": job.uuid, "algorithm": spec.algorithm, "version": spec.version,
+                                       "slides": len(job.tasks), "parameters": spec.parameters})
             return self._json(job, tasks=False)
 
     def get(self, job_uuid: str, tasks: bool = True) -> dict[str, Any]:
-        with self._read() as session:
+        with self._uow.read() as session:
             return self._json(self._job(session, job_uuid), tasks=tasks)
 
     def list(self, requester: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        with self._read() as session:
+        with self._uow.read() as session:
             statement = select(Job).order_by(Job.id.desc()).limit(limit)
             if requester is not None:
                 statement = statement.where(Job.requester == requester)
             return [self._json(job, tasks=False) for job in session.scalars(statement)]
 
-    def cancel(self, job_uuid: str) -> dict[str, Any]:
+    def cancel(self, job_uuid: str, actor: str) -> dict[str, Any]:
         """Ask a job to stop: a queued job is cancelled at once, a running one by its runner."""
-        with self._write.begin() as session:
+        with self._uow.write() as session:
             job = self._job(session, job_uuid)
+            self._audit.append(session, actor, "job.cancel", detail={"job": job_uuid})
             if job.state == "queued":
                 self._finish(session, job, "cancelled", "cancelled before it started")
             elif job.state == "running":
@@ -97,14 +104,14 @@ class Jobs:
 
     def claimable(self) -> list[str]:
         """Queued jobs, and running ones whose runner stopped (no heartbeat for STALE_AFTER)."""
-        with self._read() as session:
+        with self._uow.read() as session:
             return list(session.scalars(
                 select(Job.uuid).where(self._claimable_condition()).order_by(Job.id)
             ))
 
     def claim(self, job_uuid: str, scheduler: str) -> bool:
         now = utcnow()
-        with self._write.begin() as session:
+        with self._uow.write() as session:
             result = session.execute(
                 update(Job).where(Job.uuid == job_uuid, self._claimable_condition())
                 .values(state="running", runner=runner_name(), scheduler=scheduler, heartbeat_at=now,
@@ -120,23 +127,23 @@ class Jobs:
             return True
 
     def pending_tasks(self, job_uuid: str) -> list[dict[str, Any]]:
-        with self._read() as session:
+        with self._uow.read() as session:
             job = self._job(session, job_uuid)
             return [self._task_json(t) for t in job.tasks if t.state in ("queued", "running")]
 
     def heartbeat(self, job_uuid: str) -> bool:
         """Keep the claim alive; returns whether cancellation was asked for."""
-        with self._write.begin() as session:
+        with self._uow.write() as session:
             job = self._job(session, job_uuid)
             job.heartbeat_at = utcnow()
             return job.cancel_requested
 
     def cancel_requested(self, job_uuid: str) -> bool:
-        with self._read() as session:
+        with self._uow.read() as session:
             return bool(session.scalar(select(Job.cancel_requested).where(Job.uuid == job_uuid)))
 
     def task_started(self, job_uuid: str, slide_id: str) -> None:
-        with self._write.begin() as session:
+        with self._uow.write() as session:
             task = self._task(session, job_uuid, slide_id)
             task.state, task.started_at, task.attempts = "running", utcnow(), task.attempts + 1
 
@@ -144,18 +151,26 @@ class Jobs:
         self, job_uuid: str, slide_id: str, state: str, *, seconds: float | None = None,
         error: str | None = None, summary: dict[str, Any] | None = None, input_sha256: str | None = None,
     ) -> None:
-        with self._write.begin() as session:
-            task = self._task(session, job_uuid, slide_id)
-            task.state, task.finished_at, task.seconds, task.error = state, utcnow(), seconds, error
-            task.summary = summary or {}
-            task.input_sha256 = input_sha256 or task.input_sha256
+        with self._uow.write() as session:
+            self.finish_task(session, job_uuid, slide_id, state, seconds=seconds, error=error, summary=summary,
+                             input_sha256=input_sha256)
+
+    def finish_task(
+        self, session: Session, job_uuid: str, slide_id: str, state: str, *, seconds: float | None = None,
+        error: str | None = None, summary: dict[str, Any] | None = None, input_sha256: str | None = None,
+    ) -> None:
+        """In the caller's transaction: a task's end, committed with the results it stored."""
+        task = self._task(session, job_uuid, slide_id)
+        task.state, task.finished_at, task.seconds, task.error = state, utcnow(), seconds, error
+        task.summary = summary or {}
+        task.input_sha256 = input_sha256 or task.input_sha256
 
     def log(self, job_uuid: str, line: str) -> None:
-        with self._write.begin() as session:
+        with self._uow.write() as session:
             self._append_log(self._job(session, job_uuid), line)
 
     def finish(self, job_uuid: str, state: str, error: str | None = None) -> dict[str, Any]:
-        with self._write.begin() as session:
+        with self._uow.write() as session:
             job = self._job(session, job_uuid)
             if state != "done":  # what never ran, or was cut off, did not finish
                 for task in job.tasks:
@@ -164,19 +179,20 @@ class Jobs:
             self._finish(session, job, state, error)
             return self._json(job, tasks=False)
 
-    def forget_slides(self, slide_ids: Sequence[str]) -> int:
-        """Erasure: drop what job records say about these slides (results, errors, input digests)."""
+    @staticmethod
+    def forget_slides(session: Session, slide_ids: Sequence[str]) -> int:
+        """Erasure, in its transaction: drop what job records say about these slides (results, errors,
+        input digests)."""
         if not slide_ids:
             return 0
-        with self._write.begin() as session:
-            result = session.execute(
-                update(JobTask).where(JobTask.slide_id.in_(list(slide_ids)))
-                .values(summary={}, error=None, input_sha256=None)
-            )
-            return int(result.rowcount or 0)
+        result = session.execute(
+            update(JobTask).where(JobTask.slide_id.in_(list(slide_ids)))
+            .values(summary={}, error=None, input_sha256=None)
+        )
+        return int(result.rowcount or 0)
 
     def job_id(self, job_uuid: str) -> int:
-        with self._read() as session:
+        with self._uow.read() as session:
             return self._job(session, job_uuid).id
 
     # --- helpers ------------------------------------------------------------------------------------

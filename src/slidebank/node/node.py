@@ -1,7 +1,9 @@
-"""The embedded node: everything lives under one folder, `SLIDEBANK_HOME` (default ./slidebank-data).
+"""The node: the composition root that opens one Slidebank node and wires its services together.
 
-The same code serves a data centre by pointing `SLIDEBANK_DATABASE_URL` at PostgreSQL; storage is
-behind the `BlobStore` interface so an object store can replace the local folder.
+Everything lives under one folder, `SLIDEBANK_HOME` (default ./slidebank-data); the same code serves
+a data centre by pointing `SLIDEBANK_DATABASE_URL` at PostgreSQL. Only front ends (api, cli) and
+runners (batch ingest, job workers) open a node; services never import it, they are handed what
+they need here.
 """
 
 from __future__ import annotations
@@ -15,14 +17,20 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from slidebank.access.service import Access
+from slidebank.access.governance import Governance
+from slidebank.access.identity import Identities
+from slidebank.access.notifications import Notifications
+from slidebank.access.pseudonyms import Pseudonyms
+from slidebank.access.version import GovernanceWatch
 from slidebank.annotations.service import Annotations
-from slidebank.audit.log import AuditLog
-from slidebank.catalog.database import create_catalog_engine, upgrade_schema
+from slidebank.audit import AuditLog
+from slidebank.catalog import Catalog
 from slidebank.catalog.records import StoredFile
-from slidebank.catalog.service import Catalog
-from slidebank.jobs.service import Jobs
+from slidebank.db import UnitOfWork, create_database_engine, upgrade_schema
+from slidebank.erasure import Erasures
+from slidebank.jobs import Jobs
 from slidebank.slides.inspect import Limits
+from slidebank.slides.stored import volume_files
 from slidebank.storage import LocalBlobStore
 from slidebank.storage.blobstore import BlobFile
 from slidebank.storage.crypt import EncryptedFileError, NodeKeys, node_keys
@@ -45,20 +53,25 @@ class NodeSettings:
 
 
 class Node:
-    """Opened node: the catalog (schema migrated on open), the blob store and the node secret."""
+    """An opened node: the database (schema migrated on open), the blob store, the node's keys and
+    secret, and the services over them."""
 
     def __init__(self, settings: NodeSettings, *, migrate: bool = True) -> None:
         self.settings = settings
         settings.home.mkdir(parents=True, exist_ok=True)
-        self.engine = create_catalog_engine(settings.database_url)
+        self.engine = create_database_engine(settings.database_url)
         if migrate:
             upgrade_schema(self.engine)
-        self.catalog = Catalog(self.engine)
-        self.audit = AuditLog(self.engine)
-        self.access = Access(self.engine, self.audit)
-        self.annotations = Annotations(self.engine)
-        self.jobs = Jobs(self.engine)
+        self.uow = UnitOfWork(self.engine)
+        self.audit = AuditLog(self.uow)
+        self.catalog = Catalog(self.uow)
+        self.identities = Identities(self.uow, self.audit)
+        self.governance = Governance(self.uow, self.audit)
+        self.notifications = Notifications(self.uow)
+        self.annotations = Annotations(self.uow, self.audit)
+        self.jobs = Jobs(self.uow, self.audit)
         self.store = LocalBlobStore(settings.home / "store")
+        self.erasures = Erasures(self.uow, self.audit, self.store, self.ingest_lock)
         self.limits = Limits()
 
     @classmethod
@@ -70,7 +83,10 @@ class Node:
         """Per-node key for pseudonyms; created once with owner-only permissions."""
         path = self.settings.home / "node.key"
         if not path.exists():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:  # another process created it first
+                return path.read_bytes()
             with os.fdopen(fd, "wb") as handle:
                 handle.write(secrets.token_bytes(32))
         return path.read_bytes()
@@ -79,6 +95,15 @@ class Node:
     def keys(self) -> NodeKeys:
         """The node's crypt4gh key pair: every stored blob's key is sealed to it."""
         return node_keys(self.settings.home)
+
+    @cached_property
+    def pseudonyms(self) -> Pseudonyms:
+        return Pseudonyms(self.uow, self.audit, self.keys)
+
+    @cached_property
+    def governance_watch(self) -> GovernanceWatch:
+        """The per-request check of the governance version (servers only)."""
+        return GovernanceWatch(self.engine)
 
     def open_blob(self, stored: StoredFile) -> BlobFile:
         """A stored file's plaintext, decrypted on read.
@@ -92,9 +117,13 @@ class Node:
             raise EncryptedFileError(f"stored file {stored.sha256[:12]} is {blob.size} bytes, expected {stored.size}")
         return blob
 
+    def volume_files(self, slide_id: str) -> list[StoredFile]:
+        """The stored DICOM files of a slide; SlideNotFound if there is no such slide."""
+        return volume_files(self.catalog.stored_files(slide_id), slide_id)
+
     @contextmanager
     def ingest_lock(self) -> Iterator[None]:
-        """One ingest run per node at a time, so recovery after a crash cannot race a live ingest."""
+        """One ingest (or erasure) per node at a time, so recovery after a crash cannot race a live one."""
         with open(self.settings.home / "ingest.lock", "w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
@@ -107,4 +136,6 @@ class Node:
         return self.store.collect_garbage(self.catalog.referenced_blobs())
 
     def close(self) -> None:
+        if "governance_watch" in self.__dict__:
+            self.governance_watch.close()
         self.engine.dispose()

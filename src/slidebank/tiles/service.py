@@ -15,8 +15,9 @@ from typing import TypeVar
 from cachetools import LRUCache
 from wsidicom.config import settings as wsidicom_settings
 
-from slidebank.node import Node
-from slidebank.slides.stored import open_volume_blobs
+from slidebank.access.errors import SlideNotFound
+from slidebank.catalog import Catalog
+from slidebank.slides.stored import OpenBlob, volume_files
 from slidebank.tiles.deepzoom import DeepZoomTile, TileNotFound, deepzoom_tile
 from slidebank.tiles.iiif import IIIFImage, iiif_image
 from slidebank.tiles.pyramid import PyramidIdentity, SlidePyramid
@@ -30,15 +31,13 @@ RENDERED_CACHE_BYTES = 128 * 1024 * 1024
 FRAME_CACHE_BYTES_PER_SLIDE = {"encoded": 8 * 1024 * 1024, "decoded": 16 * 1024 * 1024}
 
 
-class SlideNotFound(LookupError):
-    """Unknown slide id: answered 404."""
-
-
 class TileService:
-    def __init__(self, node: Node, open_slides: int = OPEN_SLIDES, cache_bytes: int = RENDERED_CACHE_BYTES) -> None:
+    def __init__(self, catalog: Catalog, open_blob: OpenBlob, open_slides: int = OPEN_SLIDES,
+                 cache_bytes: int = RENDERED_CACHE_BYTES) -> None:
         wsidicom_settings.encoded_frame_cache_size = FRAME_CACHE_BYTES_PER_SLIDE["encoded"]
         wsidicom_settings.decoded_frame_cache_size = FRAME_CACHE_BYTES_PER_SLIDE["decoded"]
-        self._node = node
+        self._catalog = catalog
+        self._open_blob = open_blob
         self._lock = threading.Lock()
         self._pyramids: LRUCache[str, SlidePyramid] = LRUCache(open_slides)
         self._rendered: LRUCache[tuple, DeepZoomTile | IIIFImage] = LRUCache(
@@ -55,7 +54,7 @@ class TileService:
             pyramid = self._pyramids.get(slide_id)
         if pyramid is not None:
             return pyramid
-        detail = self._node.catalog.get_slide(slide_id)
+        detail = self._catalog.get_slide(slide_id)
         if detail is None:
             raise SlideNotFound("no such slide")
         identity = PyramidIdentity(
@@ -64,7 +63,8 @@ class TileService:
             ingested_at=datetime.fromisoformat(detail["ingested_at"]) if detail.get("ingested_at") else None,
             transfer_syntax=detail["transfer_syntax"],
         )
-        pyramid = SlidePyramid.open(open_volume_blobs(self._node, slide_id), identity)
+        volumes = volume_files(self._catalog.stored_files(slide_id), slide_id)
+        pyramid = SlidePyramid.open([self._open_blob(f) for f in volumes], identity)
         with self._lock:
             existing = self._pyramids.get(slide_id)
             if existing is not None:  # another thread won the race
@@ -84,11 +84,23 @@ class TileService:
                             lambda: iiif_image(pyramid, region, size, rotation, quality_format))
 
     def evict(self, slide_id: str) -> None:
-        """Forget a slide (after erasure); its cached renders age out of the LRU."""
+        """Forget a slide (after erasure): close its files and drop its cached renders."""
         with self._lock:
             pyramid = self._pyramids.pop(slide_id, None)
+            for key in [k for k in self._rendered if k[1] == slide_id]:
+                del self._rendered[key]
         if pyramid is not None:
             pyramid.close()
+
+    def evict_missing(self) -> list[str]:
+        """After a governance change: close every open slide that no longer exists (erased), so its
+        decrypted files and keys leave this process's memory and its disk space is freed."""
+        with self._lock:
+            open_ids = list(self._pyramids.keys())
+        gone = [slide_id for slide_id in open_ids if not self._catalog.slide_exists(slide_id)]
+        for slide_id in gone:
+            self.evict(slide_id)
+        return gone
 
     def _cached(self, key: tuple, produce: Callable[[], T]) -> T:
         with self._lock:

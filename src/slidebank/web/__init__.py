@@ -7,20 +7,19 @@ are copied from npm into `static/vendor/` at build time (`make web`), so nothing
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
-
-from slidebank.api.security import Gatekeeper
-from slidebank.tiles.service import SlideNotFound
 
 STATIC = Path(__file__).parent / "static"
 PAGES = Path(__file__).parent / "pages"
 
 
-def mount_web(app: FastAPI, gatekeeper: Gatekeeper) -> None:
+def mount_web(app: FastAPI, may_view: Callable[[Request, str], bool]) -> None:
+    """Serve the pages; `may_view(request, slide_id)` is the API's gatekeeper deciding a viewer page."""
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/favicon.ico", include_in_schema=False)
@@ -37,8 +36,6 @@ def mount_web(app: FastAPI, gatekeeper: Gatekeeper) -> None:
 
     @app.get("/view/{slide_id}", response_class=FileResponse, response_model=None, include_in_schema=False)
     def viewer_page(slide_id: str, request: Request) -> FileResponse | HTMLResponse:
-        try:
-            gatekeeper.slide_dataset(gatekeeper.principal_for_request(request), slide_id)
-        except (HTTPException, SlideNotFound):
+        if not may_view(request, slide_id):
             return HTMLResponse((PAGES / "not-found.html").read_text(), status_code=404)
         return FileResponse(PAGES / "viewer.html", media_type="text/html")

@@ -1,20 +1,17 @@
-"""Governance tables: people, tokens, data access committees, requests, grants, audit, notices.
-
-They share the catalog's metadata (and its Alembic history) because grants point at datasets and
-the audit at images; a single database keeps "who may read what" and "what exists" consistent.
-"""
+"""Governance tables: people, tokens, browser sessions, data access committees, requests, grants,
+notices, erasure tombstones, the pseudonym map, and the governance version every process watches."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import (
-    JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -23,15 +20,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from slidebank.catalog.models import (
+from slidebank.db.models.base import (
     NAME_LENGTH,
     SHA256_LENGTH,
     Base,
-    Dataset,
-    Organisation,
     new_uuid,
     utcnow,
 )
+from slidebank.db.models.catalog import Dataset, Organisation
 
 ROLES = ("administrator", "data_steward", "dac_member", "researcher")
 REQUEST_STATES = ("pending", "approved", "rejected", "revoked")
@@ -147,27 +143,6 @@ class Notification(Base):
     read_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
-class AuditEvent(Base):
-    """One entry of the append-only, hash-chained audit log.
-
-    `entry_hash` = SHA-256 over the previous entry's hash and this entry's canonical JSON, so an
-    edited, deleted or reordered entry breaks every hash after it (`slidebank audit verify`).
-    """
-
-    __tablename__ = "audit_events"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # the chain order
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    actor: Mapped[str] = mapped_column(String(NAME_LENGTH))  # user name, or "anonymous" / "system"
-    action: Mapped[str] = mapped_column(String(64), index=True)
-    dataset: Mapped[str | None] = mapped_column(String(NAME_LENGTH), index=True)
-    slide_id: Mapped[str | None] = mapped_column(String(NAME_LENGTH), index=True)
-    grant_uuid: Mapped[str | None] = mapped_column(String(36))
-    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    previous_hash: Mapped[str] = mapped_column(String(SHA256_LENGTH))
-    entry_hash: Mapped[str] = mapped_column(String(SHA256_LENGTH), unique=True)
-
-
 class Erasure(Base):
     """The tombstone of an erased data subject: that it happened, when, at whose request, how much.
 
@@ -196,3 +171,45 @@ class PseudonymEntry(Base):
     pseudonym: Mapped[str] = mapped_column(String(NAME_LENGTH))
     sealed_identifier: Mapped[bytes] = mapped_column(LargeBinary)  # a crypt4gh message to the node key
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class GovernanceState(Base):
+    """One row: a number every change of who may read what increments, in the change's transaction.
+
+    Each server process compares it with the number its caches were built at, on every request, so a
+    grant, revocation, policy change, disabled account, ended session or erasure takes effect on the
+    very next request in every process, however many there are.
+    """
+
+    __tablename__ = "governance_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class BrowserSession(Base):
+    """A web log-in; the cookie carries a random id whose digest is stored, so ending it is a row update."""
+
+    __tablename__ = "browser_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_sha256: Mapped[str] = mapped_column(String(SHA256_LENGTH), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    user: Mapped[User] = relationship()
+
+
+class LoginFailure(Base):
+    """A failed web log-in, kept for the rate limit per account and per address (then pruned)."""
+
+    __tablename__ = "login_failures"
+    __table_args__ = (Index("ix_login_failures_name_at", "name", "at"), Index("ix_login_failures_address_at", "address", "at"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    address: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

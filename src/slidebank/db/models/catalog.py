@@ -23,12 +23,8 @@ instead of six-table joins.
 
 from __future__ import annotations
 
-import secrets
-import uuid as uuid_module
-from base64 import b32encode
-from datetime import UTC, datetime
-from functools import partial
-from typing import Any, ClassVar
+from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -41,7 +37,6 @@ from sqlalchemy import (
     Index,
     Integer,
     LargeBinary,
-    MetaData,
     PrimaryKeyConstraint,
     String,
     Table,
@@ -49,75 +44,20 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import (
-    DeclarativeBase,
     Mapped,
-    declared_attr,
     mapped_column,
     relationship,
 )
 
-NAMING_CONVENTION = {
-    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
-
-ALIAS_LENGTH = 255
-NAME_LENGTH = 255
-CODE_LENGTH = 64
-SCHEME_LENGTH = 32
-SHA256_LENGTH = 64
-ACCESSION_RANDOM_CHARS = 13  # 65 random bits: collisions negligible even at 10^8 objects per type
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def new_uuid() -> str:
-    return str(uuid_module.uuid4())
-
-
-def new_accession(prefix: str) -> str:
-    """Archive accession, e.g. "SBI" + 13 base32 characters.
-
-    Random rather than a counter so that several ingest processes can create objects concurrently
-    without a sequence or a lock; the unique constraint still guards against the impossible clash.
-    """
-    return prefix + b32encode(secrets.token_bytes(9)).decode("ascii")[:ACCESSION_RANDOM_CHARS]
-
-
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING_CONVENTION)
-
-
-class CatalogObject:
-    """Identity every MetaFleX object carries: id, uuid, alias, accession, and when it was created.
-
-    Where an alias is unique within a dataset, the (dataset_id, alias) unique index also serves
-    lookups by dataset, so `dataset_id` gets no index of its own.
-    """
-
-    accession_prefix: ClassVar[str] = "SB"
-
-    # sort_order puts the identity columns first and created_at last in CREATE TABLE.
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, sort_order=-4)
-    uuid: Mapped[str] = mapped_column(String(36), unique=True, default=new_uuid, sort_order=-3)
-    alias: Mapped[str] = mapped_column(String(ALIAS_LENGTH), sort_order=-1)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, sort_order=1)
-
-    @declared_attr
-    def accession(cls) -> Mapped[str]:
-        return mapped_column(
-            String(24), unique=True, default=partial(new_accession, cls.accession_prefix), sort_order=-2
-        )
-
-    def identity(self) -> dict[str, str]:
-        """How other systems (and MetaFleX exports) refer to this object."""
-        return {"alias": self.alias, "accession": self.accession, "uuid": self.uuid}
-
+from slidebank.db.models.base import (
+    CODE_LENGTH,
+    NAME_LENGTH,
+    SCHEME_LENGTH,
+    SHA256_LENGTH,
+    Base,
+    CatalogObject,
+    utcnow,
+)
 
 # --- governance -------------------------------------------------------------------------------
 
@@ -146,6 +86,7 @@ class Policy(CatalogObject, Base):
     name: Mapped[str] = mapped_column(String(NAME_LENGTH))
     description: Mapped[str | None] = mapped_column(Text)
     data_use: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    max_grant_days: Mapped[int | None] = mapped_column(Integer)  # longest grant the DAC may give; None: node default
 
     datasets: Mapped[list[Dataset]] = relationship(back_populates="policy")
 
@@ -558,11 +499,9 @@ class Observation(CatalogObject, Base):
 __all__ = [
     "OBSERVATION_TARGETS",
     "Annotation",
-    "Base",
     "BiologicalBeing",
     "Block",
     "Case",
-    "CatalogObject",
     "Dataset",
     "Image",
     "ImageFacet",
@@ -577,6 +516,5 @@ __all__ = [
     "Specimen",
     "Staining",
     "block_specimens",
-    "new_accession",
     "slide_stainings",
 ]

@@ -1,4 +1,4 @@
-"""Alembic environment for the catalog; driven from code by `slidebank.catalog.database.upgrade_schema`.
+"""Alembic environment of the node's database; driven from code by `slidebank.db.schema.upgrade_schema`.
 
 A connection handed over in `config.attributes["connection"]` is used as is (its transaction is
 the caller's); otherwise `sqlalchemy.url` is opened with the catalog's engine settings.
@@ -10,13 +10,8 @@ from alembic import context
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from slidebank.access import (
-    models as access_models,  # noqa: F401  (registers governance tables)
-)
-from slidebank.annotations import models as annotation_models  # noqa: F401  (annotations, heatmaps)
-from slidebank.jobs import models as job_models  # noqa: F401  (jobs and their tasks)
-from slidebank.catalog.database import WRITE_OPTIONS, create_catalog_engine
-from slidebank.catalog.models import Base
+from slidebank.db.engine import WRITE_OPTIONS, create_database_engine
+from slidebank.db.models import Base  # every table, for autogenerate and the schema test
 
 # Any stable 64-bit number: serialises concurrent migrations of the same PostgreSQL database.
 MIGRATION_LOCK_ID = 0x51_1DE_BA_4C
@@ -40,7 +35,7 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    engine = create_catalog_engine(context.config.get_main_option("sqlalchemy.url"))
+    engine = create_database_engine(context.config.get_main_option("sqlalchemy.url"))
     try:
         with engine.execution_options(**WRITE_OPTIONS).connect() as connection:
             _run(connection)

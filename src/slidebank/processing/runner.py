@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from slidebank.jobs.task import TaskOutcome, TaskRequest, run_task
 from slidebank.node import Node
+from slidebank.processing.task import TaskOutcome, TaskRequest, run_task
 
 HEARTBEAT_SECONDS = 1.0
 FINAL_STATES = frozenset({"done", "failed", "cancelled"})

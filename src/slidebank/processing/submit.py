@@ -1,5 +1,5 @@
 """Creating a job: the algorithm and its parameters checked, every slide checked against the
-requester's grants, limits capped by the operator's, the request audited."""
+requester's grants, limits capped by the operator's, the request audited with the job."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from slidebank.access.service import NotAllowed, Principal
+from slidebank.access.errors import NotAllowed
+from slidebank.access.principal import Principal
 from slidebank.algorithms.base import parse_parameters
 from slidebank.algorithms.registry import get_algorithm
-from slidebank.jobs.service import JobError, JobNotFound, JobSpec
-from slidebank.node import Node
+from slidebank.catalog import Catalog
+from slidebank.jobs import JobError, JobNotFound, Jobs, JobSpec
 
 
 def operator_limits() -> tuple[float, int]:
@@ -21,7 +22,7 @@ def operator_limits() -> tuple[float, int]:
 
 
 def submit_job(
-    node: Node, principal: Principal, algorithm_name: str, *, slide_ids: Sequence[str] = (),
+    catalog: Catalog, jobs: Jobs, principal: Principal, algorithm_name: str, *, slide_ids: Sequence[str] = (),
     dataset: str | None = None, parameters: Mapping[str, Any] | None = None,
     time_limit_s: float | None = None, memory_limit_mb: int | None = None,
 ) -> dict[str, Any]:
@@ -31,11 +32,11 @@ def submit_job(
     if dataset is not None:
         if not principal.can_read(dataset):
             raise NotAllowed(f"{principal.name} may not read dataset {dataset!r}")
-        targets += [s["slide_id"] for s in node.catalog.list_slides() if s["dataset"] == dataset]
+        targets += [s["slide_id"] for s in catalog.list_slides() if s["dataset"] == dataset]
     if not targets:
         raise JobError("name at least one slide, or a dataset with slides")
     for slide_id in targets:
-        if not principal.can_read(node.catalog.slide_dataset(slide_id)):
+        if not principal.can_read(catalog.slide_dataset(slide_id)):
             raise JobNotFound(f"no slide {slide_id!r}")  # as for a slide that does not exist
     max_time, max_memory = operator_limits()
     spec = JobSpec(
@@ -43,9 +44,4 @@ def submit_job(
         requester=principal.name, time_limit_s=min(time_limit_s or max_time, max_time),
         memory_limit_mb=min(memory_limit_mb or max_memory, max_memory),
     )
-    job = node.jobs.create(spec)
-    node.audit.record(principal.name, "job.create", dataset=dataset,
-                      slide_id=targets[0] if len(targets) == 1 else None,
-                      detail={"job": job["id"], "algorithm": algorithm.name, "version": algorithm.version,
-                              "slides": len(targets), "parameters": parsed})
-    return job
+    return jobs.create(spec, dataset)

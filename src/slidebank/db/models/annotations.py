@@ -14,11 +14,22 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from slidebank.catalog.models import NAME_LENGTH, Base, new_uuid, utcnow
-from slidebank.jobs.models import Job
+from slidebank.db.models.base import NAME_LENGTH, Base, new_uuid, utcnow
+from slidebank.db.models.jobs import Job
 
 FeatureId = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements INTEGER keys only
 
@@ -30,10 +41,11 @@ class AnnotationFeature(Base):
     __table_args__ = (
         Index("ix_annotation_features_viewport", "image_id", "size_class", "min_x", "min_y"),
         Index("ix_annotation_features_class", "image_id", "class_name"),
+        UniqueConstraint("image_id", "uuid"),  # an id names a feature on its slide, and nowhere else
     )
 
     id: Mapped[int] = mapped_column(FeatureId, primary_key=True)
-    uuid: Mapped[str] = mapped_column(String(36), default=new_uuid, unique=True)
+    uuid: Mapped[str] = mapped_column(String(36), default=new_uuid)
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
     geometry_type: Mapped[str] = mapped_column(String(32))
     geometry: Mapped[dict[str, Any]] = mapped_column(JSON)

@@ -1,9 +1,11 @@
 """What runs on a Dask worker: one algorithm on one slide, results stored with their provenance.
 
-The worker opens the node itself (same home, same database), reads pixels only through
-`open_stored_slide` (decrypting), and records its own task state, so the job record stays true
-even if the process driving the job dies. Errors never escape as exceptions: an exception would
-make Dask retry, and retries are for lost workers, not for an algorithm that fails or a limit hit.
+The worker opens the node itself (same home, same database), reads pixels only through the
+decrypting store, and records its own task state, so the job record stays true even if the process
+driving the job dies. A task's results (features, facts, heatmaps), its end, its audit entry and any
+notice to the stewards commit in one transaction: a crash leaves the previous results whole.
+Errors never escape as exceptions: an exception would make Dask retry, and retries are for lost
+workers, not for an algorithm that fails or a limit hit.
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ from typing import Any
 import psutil
 
 from slidebank.algorithms.base import SlideResult
+from slidebank.algorithms.reader import SlideReader
+from slidebank.algorithms.registry import get_algorithm
 from slidebank.annotations.geojson import AnnotationError, parse_feature
 from slidebank.annotations.heatmap import render_png
+from slidebank.catalog import facts as catalog_facts
 from slidebank.node import Node, NodeSettings
-from slidebank.slides.stored import open_stored_slide, volume_files
+from slidebank.slides.stored import opened_wsidicom
 from slidebank.storage.crypt import seal
 
 CANCEL_POLL_SECONDS = 1.0
@@ -118,60 +123,62 @@ def run_task(request: TaskRequest) -> TaskOutcome:
 
 
 def _run(node: Node, request: TaskRequest, started: float) -> TaskOutcome:
-    from slidebank.algorithms.reader import SlideReader
-    from slidebank.algorithms.registry import get_algorithm
-
     dataset = node.catalog.slide_dataset(request.slide_id)
-    principal = node.access.principal_for_requester(request.requester)
+    principal = node.identities.principal_for_requester(request.requester)
     if principal is None or not principal.can_read(dataset):  # grants are checked again at run time
         raise JobStopped("failed", f"{request.requester} may not read the dataset of {request.slide_id}")
+    assert dataset is not None
     algorithm = get_algorithm(request.algorithm)
     if algorithm.version != request.version:
         raise JobStopped("failed", f"{request.algorithm} is now version {algorithm.version}, "
                                    f"the job asked for {request.version}")
-    inputs = sorted(f.sha256 for f in volume_files(node, request.slide_id))
+    volumes = node.volume_files(request.slide_id)
+    inputs = sorted(f.sha256 for f in volumes)
     context = LimitedContext(node, request)
     context.check()
-    with open_stored_slide(node, request.slide_id) as wsi:
+    with opened_wsidicom(volumes, node.open_blob) as wsi:
         reader = SlideReader(wsi, request.slide_id)
         result = algorithm.run(reader, request.parameters, context)
     context.check()
-    stored = store_results(node, request, result)
-    seconds = time.monotonic() - started
-    node.audit.record(
-        request.requester, "slide.process", dataset=dataset, slide_id=request.slide_id,
-        grant=principal.grants.get(dataset),
-        detail={"job": request.job_uuid, "algorithm": request.algorithm, "version": request.version,
-                "tiles_read": reader.tiles_read},
-    )
     summary = {
-        **stored, "flags": result.flags, "log": [*result.log, *context.lines][:50],
+        "values": result.values, "features": len(result.features), "heatmaps": sorted(result.heatmaps),
+        "flags": result.flags, "log": [*result.log, *context.lines][:50],
         "tiles_read": reader.tiles_read, "pixels_read": reader.pixels_read, "inputs": inputs,
         "worker": f"{os.uname().nodename}:{os.getpid()}",
     }
-    node.jobs.task_finished(request.job_uuid, request.slide_id, "done", seconds=seconds, summary=summary,
-                            input_sha256=hashlib.sha256("\n".join(inputs).encode()).hexdigest())
-    if result.flags:  # the data steward hears about a failing slide
-        node.access.notify_stewards(dataset, f"{request.algorithm} flagged slide {request.slide_id}: "
-                                             + "; ".join(result.flags))
+    store_results(node, request, result, dataset, principal.grants.get(dataset), summary,
+                  time.monotonic() - started, hashlib.sha256("\n".join(inputs).encode()).hexdigest())
     return TaskOutcome(request.slide_id, "done")
 
 
-def store_results(node: Node, request: TaskRequest, result: SlideResult) -> dict[str, Any]:
-    """Write values, features and heatmaps, replacing what earlier runs of the algorithm wrote."""
+def store_results(
+    node: Node, request: TaskRequest, result: SlideResult, dataset: str, grant: str | None,
+    summary: dict[str, Any], seconds: float, input_sha256: str,
+) -> None:
+    """Replace what earlier runs of the algorithm wrote on the slide, in one transaction with the
+    task's end, its audit entry and the stewards' notice."""
     author = f"{request.algorithm}@{request.version}"
     try:
         features = [parse_feature(f) for f in result.features]
     except AnnotationError as error:
         raise JobStopped("failed", f"{author} produced an invalid feature: {error}") from None
-    node.annotations.delete_algorithm_results(request.slide_id, request.algorithm)
-    if features:
-        node.annotations.add(request.slide_id, features, author, job_id=request.job_id)
-    if result.values:
-        node.catalog.set_facts(request.slide_id, result.values, job_id=request.job_id)
+    heatmaps = []
     for name, raster in result.heatmaps.items():
         png = render_png(raster.values, raster.colormap, mask_like=raster.colormap == "green")
         legend = {**raster.legend, "colormap": raster.colormap, "extent": [float(v) for v in raster.extent]}
-        node.annotations.set_heatmap(request.slide_id, name, seal(png, node.keys), raster.values.shape, legend,
-                                     request.job_id)
-    return {"values": result.values, "features": len(features), "heatmaps": sorted(result.heatmaps)}
+        heatmaps.append((name, seal(png, node.keys), raster.values.shape, legend))
+    with node.uow.write() as session:
+        node.annotations.replace_algorithm_results(session, request.slide_id, request.algorithm, author, features,
+                                                   request.job_id)
+        if result.values:
+            catalog_facts.set_facts(session, request.slide_id, result.values, job_id=request.job_id)
+        for name, sealed, shape, legend in heatmaps:
+            node.annotations.set_heatmap(session, request.slide_id, name, sealed, shape, legend, request.job_id)
+        node.jobs.finish_task(session, request.job_uuid, request.slide_id, "done", seconds=seconds, summary=summary,
+                              input_sha256=input_sha256)
+        node.audit.append(session, request.requester, "slide.process", dataset=dataset, slide_id=request.slide_id,
+                          grant=grant, detail={"job": request.job_uuid, "algorithm": request.algorithm,
+                                               "version": request.version, "tiles_read": summary["tiles_read"]})
+        if result.flags:  # the data steward hears about a failing slide
+            node.notifications.notify_stewards(session, dataset, f"{request.algorithm} flagged slide "
+                                               f"{request.slide_id}: " + "; ".join(result.flags))

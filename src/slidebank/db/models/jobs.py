@@ -9,10 +9,21 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, CheckConstraint, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from slidebank.catalog.models import NAME_LENGTH, SHA256_LENGTH, Base, new_uuid, utcnow
+from slidebank.db.models.base import NAME_LENGTH, SHA256_LENGTH, Base, new_uuid, utcnow
 
 JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
 TASK_STATES = ("queued", "running", "done", "failed", "cancelled")
