@@ -82,8 +82,9 @@ def describe_slide(session: Session, slide_id: str) -> dict[str, Any] | None:
             {"level": lvl.level, "width": lvl.width, "height": lvl.height, "downsample": lvl.downsample}
             for lvl in image.levels
         ],
-        "mpp_x": image.mpp_x,
+        "mpp_x": image.mpp_x,  # µm per level-0 pixel; None when the scan did not say and nobody supplied it
         "mpp_y": image.mpp_y,
+        "pixel_size_known": image.mpp_x is not None and image.mpp_y is not None,
         "objective_power": image.objective_power,
         "original_format": image.original_format,
         "scanner": {"manufacturer": image.scanner_manufacturer, "model": image.scanner_model},
