@@ -23,6 +23,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from slidebank.access.principal import operator
 from slidebank.annotations.geojson import parse_document
 from slidebank.annotations.service import Viewport
 from slidebank.node import Node, NodeSettings
@@ -70,7 +71,7 @@ def main() -> None:
     features = nuclei(args.features, seed=3)
     start = time.perf_counter()
     parsed = parse_document(features)
-    ids = node.annotations.add("s", parsed, "bench")
+    ids = node.annotations.add("s", parsed, operator(), "bench")
     import_seconds = time.perf_counter() - start
 
     # The peer: SQLite's R*Tree module over the same bounding boxes, in memory.

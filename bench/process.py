@@ -33,7 +33,6 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest import SOURCE, TILE, build_slide  # noqa: E402  (the same benchmark slide as the ingest bench)
-
 from slidebank.algorithms.builtin import QC  # noqa: E402
 from slidebank.algorithms.reader import SlideReader  # noqa: E402
 from slidebank.node import Node, NodeSettings  # noqa: E402
@@ -112,8 +111,8 @@ def tile_reads(node: Node, slide_id: str, source: Path, count: int) -> dict[str,
         width, height = probe.dimensions
     places = [(rng.randrange(0, width - 256), rng.randrange(0, height - 256)) for _ in range(count)]
     rates = {}
-    with open_stored_slide(node, slide_id) as wsi:
-        reader = SlideReader(wsi, slide_id)
+    with open_stored_slide(node.catalog, node.open_blob, slide_id) as slide:
+        reader = SlideReader(slide, slide_id)
         start = time.perf_counter()
         for x, y in places:
             reader.read(0, x, y, 256, 256)

@@ -149,11 +149,19 @@ def running_server(home: Path, *extra: str, env: dict[str, str] | None = None) -
             os.killpg(process.pid, signal.SIGKILL)
 
 
-def open_stored_slide(node: Node, slide_id: str):  # noqa: ANN201 - a context manager of WsiDicom
-    """The stored pyramid of a slide, opened with wsidicom: the reference the readers are held against."""
-    from slidebank.slides.stored import opened_wsidicom
+@contextlib.contextmanager
+def open_wsidicom(node: Node, slide_id: str) -> Iterator[object]:
+    """The stored pyramid of a slide opened with wsidicom: the reference Slidebank's reader is held against."""
+    from wsidicom import WsiDicom
 
-    return opened_wsidicom(node.volume_files(slide_id), node.open_blob)
+    blobs = [node.open_blob(f) for f in node.volume_files(slide_id)]
+    wsi = WsiDicom.open_streams([blob.stream() for blob in blobs])
+    try:
+        yield wsi
+    finally:
+        wsi.close()
+        for blob in blobs:
+            blob.close()
 
 
 OPEN_POLICY = ("--policy", "Synthetic test data, no restriction", "--duo", "DUO:0000004")

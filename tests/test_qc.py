@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import json_lines, open_dataset, open_stored_slide, run_cli
+from conftest import json_lines, open_dataset, run_cli
 from slidebank.node import Node, NodeSettings
 from slidebank.synth import tissue_mask, write_synthetic_slide
 
@@ -47,12 +47,13 @@ def show(home: Path, slide_id: str) -> dict:
 def test_tissue_mask_matches_the_known_mask(qc_node: tuple[Path, dict[str, str]]) -> None:
     from slidebank.algorithms.reader import SlideReader
     from slidebank.qc import detectors
+    from slidebank.slides.stored import open_stored_slide
 
     home, ids = qc_node
     node = open_node(home)
     try:
-        with open_stored_slide(node, ids["sharp"]) as wsi:
-            reader = SlideReader(wsi, ids["sharp"])
+        with open_stored_slide(node.catalog, node.open_blob, ids["sharp"]) as slide:
+            reader = SlideReader(slide, ids["sharp"])
             level = reader.level_for(8.0)
             overview, mpp = reader.overview(8.0)
     finally:

@@ -17,7 +17,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from conftest import json_lines, open_dataset, open_stored_slide, run_cli, running_server
+from conftest import json_lines, open_dataset, open_wsidicom, run_cli, running_server
 from slidebank.node import Node
 
 # The official validator's test image: 10×10 squares of 100 px in colours it knows.
@@ -81,7 +81,7 @@ def dzi_geometry(served: Served) -> tuple[int, int, int, int]:
 def test_deepzoom_serves_stored_tiles_byte_for_byte(served: Served) -> None:
     width, height, tile, top = dzi_geometry(served)
     node = Node.open(served.home)
-    with open_stored_slide(node, served.slide_id) as stored, openslide.OpenSlide(served.source) as original:
+    with open_wsidicom(node, served.slide_id) as stored, openslide.OpenSlide(served.source) as original:
         assert (width, height) == original.dimensions
         assert tile == stored.tile_size.width
         for level, (col, row) in ((top, (1, 1)), (top - 1, (0, 1))):
@@ -203,24 +203,3 @@ def test_official_iiif_validator_passes_at_level_2(served: Served) -> None:
     report = result.stdout + result.stderr
     assert result.returncode == 0, report
     assert "Done (" in report and ", 0 failures)" in report
-
-
-def test_frame_table_reads_the_same_bytes_as_wsidicom(served: Served) -> None:
-    """The direct (decrypting) read path and wsidicom agree on every tile of every level."""
-    from slidebank.tiles.frames import level_frames
-
-    node = Node.open(served.home)
-    blobs = [node.open_blob(f) for f in node.volume_files(served.slide_id)]
-    with open_stored_slide(node, served.slide_id) as stored:
-        by_width = {level.size.width: index for index, level in enumerate(stored.levels)}
-        tables = [(blob, table) for blob in blobs if (table := level_frames(blob)) is not None]
-        assert len(tables) == len(stored.levels), "converted slides have the simple layout"
-        for blob, table in tables:
-            for index in range(len(table.positions)):
-                col, row = index % table.cols, index // table.cols
-                assert table.read(blob, col, row) == stored.read_encoded_tile(
-                    by_width[table.width], (col, row), crop_to_image_boundary=False
-                )
-    for blob in blobs:
-        blob.close()
-    node.close()

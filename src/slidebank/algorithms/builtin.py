@@ -27,16 +27,24 @@ def mask_heatmap(mask: np.ndarray, slide: SlideReader, mpp: float) -> HeatmapRas
                          {"1": "tissue"})
 
 
-def _area_values(mask: np.ndarray, mpp: float, prefix: str) -> dict[str, float | str]:
-    return {
-        f"{prefix}.tissue_area_mm2": float(mask.sum()) * mpp * mpp / 1e6,
-        f"{prefix}.tissue_fraction": float(mask.mean()) if mask.size else 0.0,
-    }
+def _area_values(mask: np.ndarray, mpp: float, prefix: str, slide: SlideReader) -> dict[str, float | str]:
+    """Tissue fraction, and area in mm² only where the slide's pixel size is known."""
+    values: dict[str, float | str] = {f"{prefix}.tissue_fraction": float(mask.mean()) if mask.size else 0.0}
+    if slide.pixel_size_known:
+        values[f"{prefix}.tissue_area_mm2"] = float(mask.sum()) * mpp * mpp / 1e6
+    return values
+
+
+def _unknown_size_note(slide: SlideReader) -> list[str]:
+    if slide.pixel_size_known:
+        return []
+    return [f"pixel size unknown: levels chosen as if {slide.mpp} µm/px, no measure in µm or mm²"]
 
 
 def run_tissue(slide: SlideReader, params: Mapping[str, Any], context: TaskContext) -> SlideResult:
     _, mask, mpp = tissue_overview(slide, params["overview_mpp"])
-    return SlideResult(values=_area_values(mask, mpp, "tissue"), heatmaps={"tissue": mask_heatmap(mask, slide, mpp)})
+    return SlideResult(values=_area_values(mask, mpp, "tissue", slide),
+                       heatmaps={"tissue": mask_heatmap(mask, slide, mpp)}, log=_unknown_size_note(slide))
 
 
 TISSUE = SimpleAlgorithm(
@@ -66,18 +74,19 @@ def run_qc(slide: SlideReader, params: Mapping[str, Any], context: TaskContext) 
     blur_fraction = blurred / len(variances) if variances else 0.0
 
     values: dict[str, float | str] = {
-        **_area_values(tissue, overview_mpp, "qc"),
+        **_area_values(tissue, overview_mpp, "qc", slide),
         "qc.focus_tiles": float(len(variances)),
         "qc.blurred_tiles": float(blurred),
         "qc.blur_fraction": blur_fraction,
         "qc.laplacian_median": float(np.median(variances)) if variances else 0.0,
         "qc.pen_fraction": float(pen.sum()) / tissue_pixels,
         "qc.fold_fraction": float(dark.sum()) / tissue_pixels,
-        "qc.focus_mpp": slide.mpp_of(grid.level),
         **detectors.stain_statistics(overview, tissue),
     }
+    if slide.pixel_size_known:
+        values["qc.focus_mpp"] = slide.mpp_of(grid.level)
     flags = []
-    if values["qc.tissue_area_mm2"] < params["min_tissue_mm2"]:
+    if slide.pixel_size_known and float(values["qc.tissue_area_mm2"]) < params["min_tissue_mm2"]:
         flags.append(f"too little tissue ({values['qc.tissue_area_mm2']:.2f} mm²)")
     if blur_fraction > params["max_blur_fraction"]:
         flags.append(f"out of focus: {blur_fraction:.0%} of tissue tiles")
@@ -95,7 +104,8 @@ def run_qc(slide: SlideReader, params: Mapping[str, Any], context: TaskContext) 
             "blur": HeatmapRaster(blur_score, grid.extent, "inferno", {"0": "sharp", "1": "out of focus"}),
         },
         flags=flags,
-        log=[f"{len(variances)} tissue tiles at {slide.mpp_of(grid.level):.2f} µm/px, {blurred} out of focus"],
+        log=[f"{len(variances)} tissue tiles at {slide.mpp_of(grid.level):.2f} µm/px, {blurred} out of focus",
+             *_unknown_size_note(slide)],
     )
 
 

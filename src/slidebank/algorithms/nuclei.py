@@ -67,7 +67,7 @@ def run_nuclei(slide: SlideReader, params: Mapping[str, Any], context: TaskConte
     features: list[dict[str, Any]] = []
     tiles = 0
     level = slide.level_for(params["mpp"])
-    scale = 2**level  # level-0 pixels per pixel read
+    scale = slide.downsample_of(level)  # level-0 pixels per pixel read
     for tile in slide.tiles(params["mpp"], params["tile_size"], tissue, min_fraction=0.25):
         context.check()
         labels = segment_nuclei(tile.pixels, params["min_area"])

@@ -1,9 +1,10 @@
 """How algorithms see a stored slide: regions and tiles at a chosen resolution, decrypted on read.
 
-Resolutions are the stored power-of-two levels, read as stored (no resampling, which also keeps
-regions inside the level wsidicom has): an algorithm asks for a µm/px and gets the coarsest stored
-level at or finer than it, and is told the µm/px it got. Every read is counted, for the job's log
-and benchmarks.
+Resolutions are the stored levels, read as stored (no resampling) through the one stored-slide
+reader: an algorithm asks for a µm/px and gets the coarsest stored level at or finer than it, and
+is told the µm/px it got. A slide whose pixel size is unknown is read as if it were NOMINAL_MPP
+(a 40× scan) so levels are still chosen sensibly, and `pixel_size_known` tells algorithms not to
+report anything in µm. Every read is counted, for the job's log and benchmarks.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from wsidicom import WsiDicom
+
+from slidebank.slides.reader import StoredSlide
+
+NOMINAL_MPP = 0.25  # µm/px assumed, for choosing levels only, when a slide's pixel size is unknown
 
 
 @dataclass(frozen=True)
@@ -33,11 +37,12 @@ class TileGrid:
     size: int
     columns: int
     rows: int
+    downsample: int = 1  # of the level, relative to level 0
 
     @property
     def cell(self) -> int:
         """Level-0 pixels per tile (and per raster cell)."""
-        return self.size * 2**self.level
+        return self.size * self.downsample
 
     @property
     def extent(self) -> tuple[float, float]:
@@ -54,27 +59,29 @@ class TileGrid:
 
 
 class SlideReader:
-    def __init__(self, wsi: WsiDicom, slide_id: str) -> None:
-        self._wsi = wsi
+    def __init__(self, slide: StoredSlide, slide_id: str) -> None:
+        self._slide = slide
         self.slide_id = slide_id
-        self.width = wsi.size.width
-        self.height = wsi.size.height
-        self.mpp = float(wsi.mpp.width)  # level 0, µm per pixel
-        # pyramid level (log2 of the downsample) -> stored size
-        self._sizes = {level.level: (level.size.width, level.size.height) for level in wsi.levels}
+        self.width, self.height = slide.dimensions
+        self.pixel_size_known = slide.mpp is not None
+        self.mpp = float(slide.mpp[0]) if slide.mpp is not None else NOMINAL_MPP  # level 0, µm per pixel
+        self._downsamples = [round(d) for d in slide.level_downsamples]
         self.tiles_read = 0
         self.pixels_read = 0
 
     def level_for(self, mpp: float) -> int:
         """The coarsest stored level whose µm/px is at most `mpp` (level 0 if `mpp` is finer)."""
-        fine_enough = [level for level in self._sizes if self.mpp_of(level) <= mpp * (1 + 1e-6)]
+        fine_enough = [level for level in range(len(self._downsamples)) if self.mpp_of(level) <= mpp * (1 + 1e-6)]
         return max(fine_enough, default=0)
 
     def mpp_of(self, level: int) -> float:
-        return self.mpp * 2**level
+        return self.mpp * self._downsamples[level]
+
+    def downsample_of(self, level: int) -> int:
+        return self._downsamples[level]
 
     def level_size(self, level: int) -> tuple[int, int]:
-        return self._sizes[level]
+        return self._slide.level_dimensions[level]
 
     def read(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
         """RGB pixels of a region given in that level's pixel coordinates (clipped to the slide)."""
@@ -82,8 +89,7 @@ class SlideReader:
         width, height = min(width, level_width - x), min(height, level_height - y)
         if width <= 0 or height <= 0:
             raise ValueError(f"region ({x}, {y}) is outside level {level} of {self.slide_id}")
-        region = self._wsi.read_region((x, y), level, (width, height))
-        pixels = np.asarray(region.convert("RGB"))
+        pixels = self._slide.read_level_array(level, (x, y), (width, height))
         self.tiles_read += 1
         self.pixels_read += width * height
         return pixels
@@ -98,13 +104,13 @@ class SlideReader:
         """The grid `tiles(mpp, size)` walks."""
         level = self.level_for(mpp)
         width, height = self.level_size(level)
-        return TileGrid(level, size, math.ceil(width / size), math.ceil(height / size))
+        return TileGrid(level, size, math.ceil(width / size), math.ceil(height / size), self._downsamples[level])
 
     def tiles(self, mpp: float, size: int, mask: np.ndarray | None = None, min_fraction: float = 0.1) -> Iterator[Tile]:
         """Tiles of `size` pixels at about `mpp`, row by row; with a (coarse, whole-slide) boolean
         mask, only tiles whose footprint on the mask is at least `min_fraction` True."""
         grid = self.grid(mpp, size)
-        scale = 2**grid.level
+        scale = grid.downsample
         for row in range(grid.rows):
             for column in range(grid.columns):
                 x, y = column * grid.cell, row * grid.cell

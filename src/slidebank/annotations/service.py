@@ -9,6 +9,7 @@ audit entry; large imports commit in batches so no request waits long for the wr
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -59,6 +60,8 @@ class Viewport:
             x0, y0, x1, y1 = (float(part) for part in text.split(","))
         except ValueError:
             raise AnnotationError("bbox is four numbers: x0,y0,x1,y1 (level-0 pixels)") from None
+        if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
+            raise AnnotationError("bbox takes finite numbers")
         if not (x1 > x0 and y1 > y0):
             raise AnnotationError("bbox needs x1 > x0 and y1 > y0")
         return cls(x0, y0, x1, y1)

@@ -15,6 +15,7 @@ from slidebank.api.annotations import annotation_routes
 from slidebank.api.catalog import catalog_routes
 from slidebank.api.errors import install_error_handlers
 from slidebank.api.fastpath import DeepZoomFastPath
+from slidebank.api.middleware import HeadAsGet, watch_governance
 from slidebank.api.processing import processing_routes
 from slidebank.api.security import Gatekeeper
 from slidebank.api.tiles import tile_routes
@@ -41,6 +42,8 @@ def create_app(node: Node | None = None) -> FastAPI:
     app.include_router(tile_routes(tiles, gatekeeper))
     install_error_handlers(app)
     app.add_middleware(DeepZoomFastPath, tiles=tiles, gatekeeper=gatekeeper)
+    app.add_middleware(HeadAsGet)  # outermost: a HEAD of a tile takes the fast path too
+    app.state.stop_watch = watch_governance(gatekeeper.sync)
 
     @app.get("/healthz")
     def health() -> dict[str, str]:

@@ -49,11 +49,11 @@ class DeepZoomFastPath:
             principal = self.gatekeeper.principal_from_header(request_headers.get(b"authorization"), session)
             if not self.gatekeeper.tile_read_logged(principal, match["slide_id"], where):
                 raise LookupError("audit entry due")  # written by the documented route, off the event loop
-            self.gatekeeper.read_tile(principal, match["slide_id"], where)
+            dataset = self.gatekeeper.read_tile(principal, match["slide_id"], where)
         except (HTTPException, LookupError):  # 401 / 404 / audit due: the documented route answers
             await self.app(scope, receive, send)
             return
-        headers = caching_headers(pyramid, scope["path"], CORS)
+        headers = caching_headers(pyramid, scope["path"], self.gatekeeper.is_open(dataset), CORS)
         if_none_match = request_headers.get(b"if-none-match")
         if not_modified(headers, if_none_match):
             await _respond(send, 304, headers, b"")

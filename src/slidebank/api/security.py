@@ -173,8 +173,10 @@ class Gatekeeper:
         return True
 
     def is_open(self, dataset: str) -> bool:
-        """Whether anyone may read the dataset (public caching is then harmless)."""
-        return self.principal_from_header(None).can_read(dataset)
+        """Whether anyone may read the dataset (public caching is then harmless); within a request,
+        after its governance check."""
+        anonymous = self._cached("", lambda: (self._identities.anonymous(), None))
+        return anonymous is not None and anonymous[0].can_read(dataset)
 
 
 def principal_dependency(gatekeeper: Gatekeeper) -> Callable[..., Principal]:

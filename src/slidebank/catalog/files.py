@@ -25,6 +25,12 @@ def slide_dataset(session: Session, slide_id: str) -> str | None:
     )
 
 
+def pixel_size(session: Session, slide_id: str) -> tuple[float, float] | None:
+    """µm per level-0 pixel (x, y), or None when it is unknown (or there is no such slide)."""
+    row = session.execute(select(Image.mpp_x, Image.mpp_y).where(Image.slide_id == slide_id)).first()
+    return (float(row[0]), float(row[1])) if row is not None and row[0] and row[1] else None
+
+
 def stored_files(session: Session, slide_id: str) -> list[StoredFile]:
     """The blobs of a slide with their key headers: what reading its pixels needs."""
     rows = session.scalars(

@@ -67,6 +67,10 @@ class Catalog:
         with self.uow.read() as session:
             return files.slide_dataset(session, slide_id)
 
+    def pixel_size(self, slide_id: str) -> tuple[float, float] | None:
+        with self.uow.read() as session:
+            return files.pixel_size(session, slide_id)
+
     def stored_files(self, slide_id: str) -> list[StoredFile]:
         with self.uow.read() as session:
             return files.stored_files(session, slide_id)

@@ -26,7 +26,7 @@ from slidebank.annotations.geojson import AnnotationError, parse_feature
 from slidebank.annotations.heatmap import render_png
 from slidebank.catalog import facts as catalog_facts
 from slidebank.node import Node, NodeSettings
-from slidebank.slides.stored import opened_wsidicom
+from slidebank.slides.stored import open_stored_slide
 from slidebank.storage.crypt import seal
 
 CANCEL_POLL_SECONDS = 1.0
@@ -132,12 +132,11 @@ def _run(node: Node, request: TaskRequest, started: float) -> TaskOutcome:
     if algorithm.version != request.version:
         raise JobStopped("failed", f"{request.algorithm} is now version {algorithm.version}, "
                                    f"the job asked for {request.version}")
-    volumes = node.volume_files(request.slide_id)
-    inputs = sorted(f.sha256 for f in volumes)
+    inputs = sorted(f.sha256 for f in node.volume_files(request.slide_id))
     context = LimitedContext(node, request)
     context.check()
-    with opened_wsidicom(volumes, node.open_blob) as wsi:
-        reader = SlideReader(wsi, request.slide_id)
+    with open_stored_slide(node.catalog, node.open_blob, request.slide_id) as slide:
+        reader = SlideReader(slide, request.slide_id)
         result = algorithm.run(reader, request.parameters, context)
     context.check()
     summary = {

@@ -8,17 +8,15 @@ to disk except by `export_volumes`, which is what an administrator asks for.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-
-from wsidicom import WsiDicom
 
 from slidebank.access.errors import SlideNotFound
 from slidebank.access.principal import Principal
 from slidebank.audit import AuditLog
 from slidebank.catalog import Catalog
 from slidebank.catalog.records import StoredFile
+from slidebank.slides.reader import StoredSlide
 from slidebank.storage.blobstore import BlobFile
 
 OpenBlob = Callable[[StoredFile], BlobFile]
@@ -32,19 +30,19 @@ def volume_files(files: list[StoredFile], slide_id: str) -> list[StoredFile]:
     return volumes
 
 
-@contextmanager
-def opened_wsidicom(volumes: list[StoredFile], open_blob: OpenBlob) -> Iterator[WsiDicom]:
-    """The stored pyramid opened with wsidicom (pixels never leave through here without the caller's checks)."""
-    blobs = [open_blob(f) for f in volumes]
+def open_stored_slide(catalog: Catalog, open_blob: OpenBlob, slide_id: str) -> StoredSlide:
+    """The slide's pyramid for reading (OpenSlide-shaped; the caller checks who may read it). The
+    catalog is the authority on the pixel size: a slide stored with it unknown says so."""
+    volumes = volume_files(catalog.stored_files(slide_id), slide_id)
+    blobs = []
     try:
-        wsi = WsiDicom.open_streams([blob.stream() for blob in blobs])
-        try:
-            yield wsi
-        finally:
-            wsi.close()
-    finally:
+        for stored in volumes:
+            blobs.append(open_blob(stored))
+        return StoredSlide(blobs, catalog.pixel_size(slide_id), mpp_from_files=False)
+    except BaseException:
         for blob in blobs:
             blob.close()
+        raise
 
 
 def read_whole(stored: StoredFile, open_blob: OpenBlob) -> bytes:

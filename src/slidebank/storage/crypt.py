@@ -217,6 +217,14 @@ class EncryptedFile:
             os.close(self._fd)
             self._fd = -1
 
+    def forget(self) -> None:
+        """Close, and drop this file's decrypted segments from the process's cache (after an erasure:
+        no plaintext of an erased slide may stay in a server's memory)."""
+        self.close()
+        with _segment_lock:
+            for key in [k for k in _segment_cache if k[0] == self._cache_id]:
+                del _segment_cache[key]
+
     def __enter__(self) -> EncryptedFile:
         return self
 

@@ -18,7 +18,7 @@ from iiif.request import IIIFRequest
 from PIL import Image, ImageOps
 
 from slidebank.tiles.encode import MEDIA_TYPES, apply_quality, encode_image
-from slidebank.tiles.pyramid import SlidePyramid
+from slidebank.tiles.pyramid import RenderTooLarge, SlidePyramid
 
 API_VERSION = "3.0"
 CONTEXT = "http://iiif.io/api/image/3/context.json"
@@ -35,6 +35,7 @@ class IIIFImage:
     content: bytes
     media_format: str  # key of encode.MEDIA_TYPES
     passed_through: bool
+    level: int | None = None  # the stored level, when the answer is one of its tiles
 
     @property
     def worth_caching(self) -> bool:
@@ -89,7 +90,7 @@ def iiif_image(
     plan = _plan(pyramid, region, size, rotation, quality_and_format)
     stored = _stored_tile(pyramid, plan)
     if stored is not None:
-        return IIIFImage(stored, "jpg", True)
+        return IIIFImage(stored[0], "jpg", True, stored[1])
     image = pyramid.render(plan.region, plan.size)
     image = apply_quality(image, plan.quality)
     if plan.mirror:
@@ -125,11 +126,28 @@ def _plan(pyramid: SlidePyramid, region: str, size: str, rotation: str, quality_
             text=f"{out_w}×{out_h} is larger than this server renders ({MAX_WIDTH} wide, {MAX_AREA} pixels)",
         )
     mirror, angle = geometry.rotation_to_apply()
+    if not math.isfinite(angle):
+        raise IIIFError(code=400, parameter="rotation", text="rotation must be a finite number of degrees")
+    turned_w, turned_h = _rotated_size(out_w, out_h, angle)
+    if turned_w > MAX_WIDTH or turned_h > MAX_HEIGHT or turned_w * turned_h > MAX_AREA:
+        raise IIIFError(code=400, parameter="rotation",
+                        text=f"rotated, the image would be {turned_w}×{turned_h}: larger than this server renders")
+    try:
+        pyramid.render_level((x, y, w, h), (out_w, out_h))  # the work is bounded before any pixel is read
+    except RenderTooLarge as error:
+        raise IIIFError(code=400, parameter="size", text=str(error)) from None
     return _Plan((x, y, w, h), (out_w, out_h), mirror, angle, geometry.quality_to_apply(), request.format)
 
 
-def _stored_tile(pyramid: SlidePyramid, plan: _Plan) -> bytes | None:
-    """The stored frame, if the request is exactly one tile of a stored level as JPEG colour."""
+def _rotated_size(width: int, height: int, angle: float) -> tuple[int, int]:
+    """The bounding box of a width×height image turned by `angle` degrees (PIL's expand=True)."""
+    radians = math.radians(angle % 360)
+    cos, sin = abs(math.cos(radians)), abs(math.sin(radians))
+    return math.ceil(width * cos + height * sin - 1e-9), math.ceil(width * sin + height * cos - 1e-9)
+
+
+def _stored_tile(pyramid: SlidePyramid, plan: _Plan) -> tuple[bytes, int] | None:
+    """The stored frame and its level, if the request is exactly one tile of a stored level as JPEG colour."""
     if not pyramid.stored_jpeg or plan.mirror or plan.rotation or plan.image_format != "jpg":
         return None
     if plan.quality not in ("default", "color"):
@@ -146,7 +164,7 @@ def _stored_tile(pyramid: SlidePyramid, plan: _Plan) -> bytes | None:
         return None
     if plan.size != (math.ceil(w / level.downsample), math.ceil(h / level.downsample)):
         return None
-    return pyramid.encoded_tile(level, x // span, y // span)
+    return pyramid.encoded_tile(level, x // span, y // span), level.index
 
 
 def _rotate(image: Image.Image, angle: float) -> Image.Image:

@@ -1,8 +1,14 @@
 """One stored slide seen as an image pyramid: geometry, stored tiles, rendered regions.
 
-Both tile protocols (Deep Zoom, IIIF) are views of this. The stored DICOM levels are exact
-power-of-two reductions with ceil-rounded sizes, which is also how Deep Zoom and IIIF clients
-compute level sizes: a client asking for a tile of a stored level gets the stored compressed bytes.
+Both tile protocols (Deep Zoom, IIIF) are views of this, over the one stored-slide reader
+(`slides.reader.StoredSlide`). The stored DICOM levels are exact power-of-two reductions with
+ceil-rounded sizes, which is also how Deep Zoom and IIIF clients compute level sizes: a client
+asking for a tile of a stored level gets the stored compressed bytes.
+
+Rendering is bounded before it starts: a region is read from the pyramid level that serves the
+requested scale, and never more than MAX_READ_PIXELS source pixels are decoded for one answer,
+whatever the request's aspect ratio (a full slide squeezed to one pixel high reads a small level,
+not the base); what cannot be served within that is refused.
 """
 
 from __future__ import annotations
@@ -13,18 +19,19 @@ from datetime import datetime
 from email.utils import format_datetime
 
 from PIL import Image
-from wsidicom import WsiDicom
 
-from slidebank.storage.blobstore import BlobFile
-from slidebank.tiles.frames import LevelFrames, level_frames
+from slidebank.slides.reader import StoredSlide
 
-# Frames in these transfer syntaxes are complete baseline JPEG files that browsers decode as is.
-JPEG_BASELINE_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.50"})
+MAX_READ_PIXELS = 4096 * 4096  # source pixels one rendered answer may decode (~50 MB of RGB)
+
+
+class RenderTooLarge(ValueError):
+    """A render that would decode more than MAX_READ_PIXELS from every level that could serve it."""
 
 
 @dataclass(frozen=True)
 class StoredLevel:
-    index: int  # position in the stored pyramid, as wsidicom numbers it
+    index: int  # position in the stored pyramid (the reader's level)
     width: int
     height: int
     downsample: int  # power of two, relative to level 0
@@ -44,42 +51,27 @@ class PyramidIdentity:
 
 
 class SlidePyramid:
-    """A stored slide opened for reading; safe to share between threads (wsidicom locks its reads)."""
+    """A stored slide opened for reading; safe to share between threads (the reader is)."""
 
-    @classmethod
-    def open(cls, blobs: list[BlobFile], identity: PyramidIdentity) -> SlidePyramid:
-        """Open from the stored (encrypted) files; the pyramid owns and closes them."""
-        return cls(WsiDicom.open_streams([blob.stream() for blob in blobs]), identity, blobs)
-
-    def __init__(self, wsi: WsiDicom, identity: PyramidIdentity, blobs: list[BlobFile]) -> None:
-        self._wsi = wsi
+    def __init__(self, slide: StoredSlide, identity: PyramidIdentity) -> None:
+        self.slide = slide
         self.identity = identity
-        self.width = wsi.size.width
-        self.height = wsi.size.height
-        self.tile_size = wsi.tile_size.width
-        self.levels = tuple(self._power_of_two_levels(wsi))
-        self.stored_jpeg = identity.transfer_syntax in JPEG_BASELINE_SYNTAXES
+        self.width, self.height = slide.dimensions
+        self.tile_size = slide.level_tile_dimensions[0][0]
+        self.levels = tuple(self._power_of_two_levels())
+        self.stored_jpeg = slide.stored_jpeg
         self.etag_base = identity.source_sha256[:20]
         ingested = identity.ingested_at
         self.last_modified = format_datetime(ingested, usegmt=True) if ingested else None  # an HTTP date
-        # Interior stored tiles are read straight from the file (one positioned read, decrypting
-        # only the segments it spans); edge tiles need cropping and go through wsidicom.
-        self._blobs = blobs
-        self._frames: dict[int, tuple[BlobFile, LevelFrames]] = {}
-        widths = {level.width: level.index for level in self.levels if self.stored_jpeg}
-        for blob in blobs:
-            table = level_frames(blob)
-            if table is not None and table.width in widths and widths[table.width] not in self._frames:
-                self._frames[widths[table.width]] = (blob, table)
 
-    def _power_of_two_levels(self, wsi: WsiDicom) -> list[StoredLevel]:
+    def _power_of_two_levels(self) -> list[StoredLevel]:
         """Stored levels whose size is exactly ceil(size / 2^k); others cannot be served by copy."""
         levels = []
-        for index, level in enumerate(wsi.levels):
-            downsample = 2 ** round(math.log2(self.width / level.size.width))
+        for index, (width, height) in enumerate(self.slide.level_dimensions):
+            downsample = 2 ** round(math.log2(self.width / width))
             expected = (math.ceil(self.width / downsample), math.ceil(self.height / downsample))
-            if (level.size.width, level.size.height) == expected and level.tile_size.width == self.tile_size:
-                levels.append(StoredLevel(index, level.size.width, level.size.height, downsample))
+            if (width, height) == expected and self.slide.level_tile_dimensions[index][0] == self.tile_size:
+                levels.append(StoredLevel(index, width, height, downsample))
         return levels
 
     def level_for_downsample(self, downsample: float) -> StoredLevel:
@@ -92,41 +84,44 @@ class SlidePyramid:
 
     def encoded_tile(self, level: StoredLevel, col: int, row: int) -> bytes:
         """The stored compressed frame, losslessly cropped at the right and bottom edges."""
-        direct = self._frames.get(level.index)
-        interior = (col + 1) * self.tile_size <= level.width and (row + 1) * self.tile_size <= level.height
-        if direct is not None and interior:
-            blob, table = direct
-            return table.read(blob, col, row)
-        return self._wsi.read_encoded_tile(level.index, (col, row))
+        return self.slide.read_encoded_tile(level.index, col, row)
 
     def decoded_tile(self, level: StoredLevel, col: int, row: int) -> Image.Image:
-        x, y = col * self.tile_size, row * self.tile_size
-        width = min(self.tile_size, level.width - x)
-        height = min(self.tile_size, level.height - y)
-        return self._wsi.read_region((x, y), level.index, (width, height)).convert("RGB")
+        return Image.fromarray(self.slide.read_tile(level.index, col, row))
+
+    def render_level(self, region: tuple[int, int, int, int], size: tuple[int, int]) -> StoredLevel:
+        """The level `render` reads for this request: the one serving its scale, or a coarser one
+        when that would decode more than MAX_READ_PIXELS; RenderTooLarge if none is small enough."""
+        _, _, width, height = region
+        scale = min(width / size[0], height / size[1])
+        level = self.level_for_downsample(scale)
+        coarser = sorted((lv for lv in self.levels if lv.downsample >= level.downsample), key=lambda lv: lv.downsample)
+        for candidate in coarser:
+            if math.ceil(width / candidate.downsample) * math.ceil(height / candidate.downsample) <= MAX_READ_PIXELS:
+                return candidate
+        raise RenderTooLarge(f"a {width}×{height} region cannot be rendered at {size[0]}×{size[1]} from this "
+                             "pyramid within the server's limits")
 
     def render(self, region: tuple[int, int, int, int], size: tuple[int, int]) -> Image.Image:
-        """Level-0 `region` (x, y, w, h) scaled to `size`, read from the nearest finer stored level.
+        """Level-0 `region` (x, y, w, h) scaled to `size`, read from the level `render_level` picks.
 
         Only the pixels of that level that cover the region are read, so a thumbnail of a
         gigapixel slide costs a few tiles of its smallest level, not the slide.
         """
         x, y, width, height = region
         scale = min(width / size[0], height / size[1])
-        level = self.level_for_downsample(scale)
+        level = self.render_level(region, size)
         d = level.downsample
         left, top = x // d, y // d
         right = min(level.width, math.ceil((x + width) / d))
         bottom = min(level.height, math.ceil((y + height) / d))
-        image = self._wsi.read_region((left, top), level.index, (right - left, bottom - top)).convert("RGB")
+        pixels = self.slide.read_level_array(level.index, (left, top), (right - left, bottom - top))
+        image = Image.fromarray(pixels)
         box = (x / d - left, y / d - top, (x + width) / d - left, (y + height) / d - top)
         if image.size == size and box == (0, 0, *size):
             return image
         resample = Image.Resampling.BICUBIC if scale < d else Image.Resampling.BOX
         return image.resize(size, resample, box=box)
 
-    def close(self) -> None:
-        self._frames.clear()
-        self._wsi.close()
-        for blob in self._blobs:
-            blob.close()
+    def close(self, *, forget: bool = False) -> None:
+        self.slide.close(forget=forget)

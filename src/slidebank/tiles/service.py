@@ -17,7 +17,7 @@ from wsidicom.config import settings as wsidicom_settings
 
 from slidebank.access.errors import SlideNotFound
 from slidebank.catalog import Catalog
-from slidebank.slides.stored import OpenBlob, volume_files
+from slidebank.slides.stored import OpenBlob, open_stored_slide
 from slidebank.tiles.deepzoom import DeepZoomTile, TileNotFound, deepzoom_tile
 from slidebank.tiles.iiif import IIIFImage, iiif_image
 from slidebank.tiles.pyramid import PyramidIdentity, SlidePyramid
@@ -63,14 +63,13 @@ class TileService:
             ingested_at=datetime.fromisoformat(detail["ingested_at"]) if detail.get("ingested_at") else None,
             transfer_syntax=detail["transfer_syntax"],
         )
-        volumes = volume_files(self._catalog.stored_files(slide_id), slide_id)
-        pyramid = SlidePyramid.open([self._open_blob(f) for f in volumes], identity)
+        pyramid = SlidePyramid(open_stored_slide(self._catalog, self._open_blob, slide_id), identity)
         with self._lock:
             existing = self._pyramids.get(slide_id)
             if existing is not None:  # another thread won the race
                 pyramid.close()
                 return existing
-            self._pyramids[slide_id] = pyramid  # an evicted pyramid closes when garbage-collected
+            self._pyramids[slide_id] = pyramid  # an evicted pyramid closes when its last reader drops it
         return pyramid
 
     def deepzoom_tile(self, slide_id: str, level: int, col: int, row: int, extension: str) -> DeepZoomTile:
@@ -84,13 +83,14 @@ class TileService:
                             lambda: iiif_image(pyramid, region, size, rotation, quality_format))
 
     def evict(self, slide_id: str) -> None:
-        """Forget a slide (after erasure): close its files and drop its cached renders."""
+        """Forget an erased slide: close its files (freeing their disk space), drop its decrypted
+        segments, frames and cached renders from this process."""
         with self._lock:
             pyramid = self._pyramids.pop(slide_id, None)
             for key in [k for k in self._rendered if k[1] == slide_id]:
                 del self._rendered[key]
         if pyramid is not None:
-            pyramid.close()
+            pyramid.close(forget=True)
 
     def evict_missing(self) -> list[str]:
         """After a governance change: close every open slide that no longer exists (erased), so its
