@@ -193,10 +193,11 @@ class Identities:
             self._require_administrator(actor)
         with self._uow.write() as session:
             user = self._user(session, name)
-            ended = session.execute(
+            result = session.execute(
                 update(BrowserSession).where(BrowserSession.user_id == user.id, BrowserSession.ended_at.is_(None))
                 .values(ended_at=datetime.now(UTC))
-            ).rowcount or 0
+            )
+            ended = getattr(result, "rowcount", 0) or 0
             version.bump(session)
             self._audit.append(session, actor.name, "sessions.end", detail={"user": name, "sessions": ended})
             return int(ended)

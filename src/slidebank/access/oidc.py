@@ -94,7 +94,7 @@ class OidcVerifier:
         for visa_token in claims.get("ga4gh_passport_v1") or []:
             try:
                 issuer = jwt.decode(visa_token, options={"verify_signature": False}).get("iss")
-                keys = self._visa_keys.get(issuer)
+                keys = self._visa_keys.get(str(issuer))
                 if keys is None:
                     continue
                 visa = jwt.decode(visa_token, keys.key_for(visa_token), algorithms=ALGORITHMS, issuer=issuer,

@@ -26,7 +26,7 @@ def bump(session: Session) -> None:
     """Make every process drop what it cached about access, once this transaction commits."""
     changed = session.execute(update(GovernanceState).where(GovernanceState.id == STATE_ROW)
                               .values(version=GovernanceState.version + 1))
-    if not changed.rowcount:  # a node created before the row existed
+    if not getattr(changed, "rowcount", 0):  # a node created before the row existed
         session.add(GovernanceState(id=STATE_ROW, version=1))
         session.flush()
 
@@ -70,7 +70,7 @@ class GovernanceWatch:
                                                   poolclass=NullPool)
         connection = self._engine.raw_connection()
         driver = connection.driver_connection
-        if self._engine.dialect.name == "postgresql":
+        if self._engine.dialect.name == "postgresql" and driver is not None:
             driver.autocommit = True  # each read sees the latest commit, and no transaction stays open
         return connection
 

@@ -97,7 +97,7 @@ class Annotations:
                                                     AnnotationFeature.uuid.in_(given)))} if given else {}
                 now, pending, replaced = utcnow(), [], 0
                 for feature in batch:
-                    row = existing.get(feature.uuid) if feature.uuid not in seen else None
+                    row = existing.get(feature.uuid) if feature.uuid and feature.uuid not in seen else None
                     if row is not None:
                         if row.author != (author or actor.name) and not actor.moderates(dataset):
                             raise NotAuthor(f"feature {row.uuid} exists on this slide and is not yours to change")

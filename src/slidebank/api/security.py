@@ -85,7 +85,9 @@ class Gatekeeper:
         if not authorization and session_cookie:
             return self._session_principal(session_cookie, method, csrf_header)
         if not authorization:
-            return self._cached("", lambda: (self._identities.anonymous(), None))[0]
+            anonymous = self._cached("", lambda: (self._identities.anonymous(), None))
+            assert anonymous is not None  # anonymous always resolves
+            return anonymous[0]
         scheme, _, token = authorization.partition(" ")
         token = token.strip()
         resolved = self._cached("token:" + token, lambda: self._resolve(token)) \

@@ -45,7 +45,7 @@ def caching_headers(pyramid: SlidePyramid, path: str, open_data: bool,
 
 
 def not_modified(headers: dict[str, str], if_none_match: str | None) -> bool:
-    return bool(if_none_match) and headers["ETag"] in {tag.strip() for tag in if_none_match.split(",")}
+    return if_none_match is not None and headers["ETag"] in {tag.strip() for tag in if_none_match.split(",")}
 
 
 def _cached_response(
@@ -121,7 +121,7 @@ def tile_routes(tiles: TileService, gatekeeper: Gatekeeper) -> APIRouter:
         media_type = IIIF_JSON_LD if accept and "application/ld+json" in accept else "application/json"
 
         def produce() -> tuple[bytes, str]:
-            return JSONResponse(info_json(pyramid, service_id)).body, media_type
+            return bytes(JSONResponse(info_json(pyramid, service_id)).body), media_type
 
         return _cached_response(pyramid, request, gatekeeper.is_open(dataset), if_none_match, produce, IIIF_HEADERS)
 

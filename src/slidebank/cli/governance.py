@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from functools import partial
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional, TypeVar
@@ -168,9 +169,9 @@ def datasets_create(
         print_json(created) if as_json else console.print(f"dataset {name} exists")
         return
     for member in committee or []:
-        _run(lambda member=member: node.governance.add_committee_member(operator(), name, member))
+        _run(partial(node.governance.add_committee_member, operator(), name, member))
     for person in steward or []:
-        _run(lambda person=person: node.governance.add_steward(operator(), name, person))
+        _run(partial(node.governance.add_steward, operator(), name, person))
     print_json(created) if as_json else console.print(f"dataset {name} ({'open' if created['open'] else 'controlled'})")
 
 
@@ -195,7 +196,7 @@ def datasets_committee(
     """Add members to a dataset's data access committee."""
     node = open_node(home)
     for person in member:
-        _run(lambda person=person: node.governance.add_committee_member(operator(), name, person))
+        _run(partial(node.governance.add_committee_member, operator(), name, person))
     console.print(f"committee of {name}: added {', '.join(safe(m) for m in member)}")
 
 
@@ -206,7 +207,7 @@ def datasets_steward(
     """Add data stewards to a dataset."""
     node = open_node(home)
     for person in user:
-        _run(lambda person=person: node.governance.add_steward(operator(), name, person))
+        _run(partial(node.governance.add_steward, operator(), name, person))
     console.print(f"stewards of {name}: added {', '.join(safe(u) for u in user)}")
 
 

@@ -7,6 +7,7 @@ heartbeats is claimable again, and only its unfinished tasks run again.
 
 from __future__ import annotations
 
+import builtins
 import os
 import socket
 from collections.abc import Sequence
@@ -102,7 +103,7 @@ class Jobs:
 
     # --- for runners --------------------------------------------------------------------------------
 
-    def claimable(self) -> list[str]:
+    def claimable(self) -> builtins.list[str]:
         """Queued jobs, and running ones whose runner stopped (no heartbeat for STALE_AFTER)."""
         with self._uow.read() as session:
             return list(session.scalars(
@@ -117,7 +118,7 @@ class Jobs:
                 .values(state="running", runner=runner_name(), scheduler=scheduler, heartbeat_at=now,
                         started_at=func.coalesce(Job.started_at, now))
             )
-            if result.rowcount != 1:
+            if getattr(result, "rowcount", 0) != 1:
                 return False
             job = self._job(session, job_uuid)
             for task in job.tasks:
@@ -126,7 +127,7 @@ class Jobs:
             self._append_log(job, f"claimed by {runner_name()} on {scheduler}")
             return True
 
-    def pending_tasks(self, job_uuid: str) -> list[dict[str, Any]]:
+    def pending_tasks(self, job_uuid: str) -> builtins.list[dict[str, Any]]:
         with self._uow.read() as session:
             job = self._job(session, job_uuid)
             return [self._task_json(t) for t in job.tasks if t.state in ("queued", "running")]
@@ -189,7 +190,7 @@ class Jobs:
             update(JobTask).where(JobTask.slide_id.in_(list(slide_ids)))
             .values(summary={}, error=None, input_sha256=None)
         )
-        return int(result.rowcount or 0)
+        return int(getattr(result, "rowcount", 0) or 0)
 
     def job_id(self, job_uuid: str) -> int:
         with self._uow.read() as session:

@@ -390,18 +390,19 @@ def _build_table(level: _Level) -> _FrameTable:
     if offsets is not None:
         if len(offsets) != frames or (frames > 1 and (np.diff(offsets) <= _ITEM_HEADER).any()):
             raise _NotFast("the offset table does not list every frame in order")
-        starts = offsets + first_item
-        last = _items(blob, int(starts[-1]))
-        sizes = np.empty(frames, np.int64)
-        sizes[:-1] = np.diff(starts)
-        sizes[-1] = sum(size for _, size, _ in last)
-        return _FrameTable(starts.tolist(), sizes.tolist())
+        positions = offsets + first_item
+        last = _items(blob, int(positions[-1]))
+        lengths = np.empty(frames, np.int64)
+        lengths[:-1] = np.diff(positions)
+        lengths[-1] = sum(size for _, size, _ in last)
+        return _FrameTable(positions.tolist(), lengths.tolist())
     items = _items(blob, first_item)
     if len(items) == frames:
         return _FrameTable([start for start, _, _ in items], [size for _, size, _ in items])
     if len(items) < frames:
         raise _NotFast(f"{len(items)} fragments for {frames} frames")
-    starts, sizes = [], []
+    starts: list[int] = []
+    sizes: list[int] = []
     for start, size, opens_jpeg in items:
         if opens_jpeg:
             starts.append(start)
@@ -417,7 +418,7 @@ def _build_table(level: _Level) -> _FrameTable:
 def _items(blob: BlobFile, position: int) -> list[tuple[int, int, bool]]:
     """(offset, size with its header, whether its data starts a JPEG) of the items from `position`
     up to the sequence delimiter."""
-    items = []
+    items: list[tuple[int, int, bool]] = []
     while True:
         head = blob.pread(position, _ITEM_HEADER + 2)
         if head[:4] == _SEQUENCE_END:
@@ -503,9 +504,9 @@ class StoredSlide:
         base = ordered[0][0]
         levels = []
         for index, (_, instances) in enumerate(ordered):
-            dataset, blob, pixel_data = instances[0]
-            why = _why_slow(dataset, len(instances))
-            levels.append(_Level(index, dataset, blob if len(instances) == 1 else None, pixel_data, base, why))
+            first, first_blob, pixel_data = instances[0]
+            why = _why_slow(first, len(instances))
+            levels.append(_Level(index, first, first_blob if len(instances) == 1 else None, pixel_data, base, why))
         return levels
 
     def _properties(self, dataset: pydicom.Dataset) -> dict[str, str]:

@@ -35,7 +35,10 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    engine = create_database_engine(context.config.get_main_option("sqlalchemy.url"))
+    url = context.config.get_main_option("sqlalchemy.url")
+    if url is None:
+        raise RuntimeError("no database: hand over a connection or set sqlalchemy.url")
+    engine = create_database_engine(url)
     try:
         with engine.execution_options(**WRITE_OPTIONS).connect() as connection:
             _run(connection)

@@ -93,7 +93,7 @@ class Policy(CatalogObject, Base):
     @property
     def codes(self) -> list[str]:
         """The data-use codes (e.g. "DUO:0000004"), whether stored as CodeType dicts or bare strings."""
-        return [c.get("code") if isinstance(c, dict) else c for c in self.data_use or []]
+        return [str(c.get("code")) if isinstance(c, dict) else str(c) for c in self.data_use or []]
 
 
 class Dataset(CatalogObject, Base):
