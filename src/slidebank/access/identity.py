@@ -14,6 +14,7 @@ import hashlib
 import secrets
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -135,7 +136,7 @@ class Identities:
             user = session.scalar(select(User).where(User.name == name, User.disabled.is_(False)))
             stored = user.password_hash if user else None
             try:
-                _hasher.verify(stored or _DUMMY_HASH, password)
+                _hasher.verify(stored or _dummy_hash(), password)
                 verified = user is not None and stored is not None
             except (VerificationError, InvalidHashError):
                 verified = False
@@ -376,5 +377,8 @@ class Identities:
                 "revoked_at": aware(row.revoked_at).isoformat() if row.revoked_at else None}
 
 
-# Verifying against a fixed hash for unknown users keeps login time independent of whether the name exists.
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+@cache
+def _dummy_hash() -> str:
+    """Verifying against a fixed hash for unknown users keeps log-in time independent of whether the
+    name exists (made on first use: hashing costs a third of a second, too much for every command)."""
+    return _hasher.hash(secrets.token_urlsafe(16))

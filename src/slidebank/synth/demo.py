@@ -53,6 +53,7 @@ def write_demo_collection(folder: Path, size: int = 6000) -> Path:
                 path,
                 size + 317 * seed,
                 size - 211 * seed,
+                # rows are plain str dicts (they also feed the CSV sidecar); the values above are valid literals
                 vendor=row["vendor"],  # type: ignore[arg-type]
                 seed=seed,
                 stain=row["tissue"],  # type: ignore[arg-type]
