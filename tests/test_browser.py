@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from conftest import ARTIFACTS, CHROMIUM, json_lines, open_dataset, run_cli, running_server
 from PIL import Image
 
+from conftest import ARTIFACTS, CHROMIUM, json_lines, open_dataset, run_cli, running_server
 
 STEWARD_PASSWORD = "slides are data"
 

@@ -7,6 +7,8 @@ import io
 import json
 import math
 import random
+import re
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +16,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import ARTIFACTS, CHROMIUM, json_lines, open_dataset, run_cli, running_server
 from PIL import Image
+
+from conftest import ARTIFACTS, CHROMIUM, json_lines, open_dataset, run_cli, running_server
 
 PASSWORD = "annotate the margins"
 LOADED = ("window.slidebankViewer && window.slidebankViewer.world.getItemCount() === 1 "
@@ -31,6 +34,7 @@ class Site:
     base: str
     slide_id: str
     flagged_id: str  # a slide with too little tissue: QC flags it
+    unknown_size_id: str  # a slide whose pixel size (µm per pixel) the catalog does not know
     token: str  # the researcher's API token
     home: Path
 
@@ -49,11 +53,18 @@ def site(tmp_path_factory: pytest.TempPathFactory, aperio_slide) -> Iterator[Sit
     small = home.parent / "small.svs"
     run_cli("synth", str(small), "--width", "800", "--height", "600", home=home, check=True)
     [flagged] = json_lines(run_cli("ingest", str(small), "--json", "--dataset", "breast", home=home, check=True).stdout)
+    unsized = home.parent / "unsized.svs"
+    run_cli("synth", str(unsized), "--width", "1200", "--height", "900", home=home, check=True)
+    [unknown] = json_lines(run_cli("ingest", str(unsized), "--json", "--dataset", "breast", home=home,
+                                   check=True).stdout)
+    # As ingest will catalog a scan that does not say its pixel size (until it does so itself).
+    with sqlite3.connect(home / "catalog.sqlite") as catalog:
+        catalog.execute("UPDATE images SET mpp_x = NULL, mpp_y = NULL WHERE slide_id = ?", (unknown["slide_id"],))
     for name, role in (("ana", "researcher"), ("ada", "administrator")):
         run_cli("users", "add", name, "--role", role, "--password-stdin", home=home, check=True, stdin=PASSWORD + "\n")
     token = run_cli("tokens", "create", "ana", home=home, check=True).stdout.strip().splitlines()[-1]
     with running_server(home) as base:
-        yield Site(base, slide["slide_id"], flagged["slide_id"], token, home)
+        yield Site(base, slide["slide_id"], flagged["slide_id"], unknown["slide_id"], token, home)
 
 
 def logged_in_page(browser, base: str, name: str):  # noqa: ANN001, ANN201
@@ -226,6 +237,169 @@ def test_many_small_features_are_a_density_zoomed_out_and_outlines_zoomed_in(
     assert page.locator("#viewer canvas.annotation-density").count() == 0
     assert page.locator("#viewer canvas.a9s-gl-canvas").count() == 1  # Annotorious's layer draws them
     page.screenshot(path=ARTIFACTS / "viewer-outlines.png")
+    page.close()
+
+
+def overlay_blend(page) -> dict[str, float]:  # noqa: ANN001
+    """How much of the densest annotation-density cells shows on screen over the slide, from two
+    screenshots (with and without the density): per cell, the alpha `a` in C = a·O + (1 − a)·T."""
+    layout = page.evaluate("""(() => {
+        const canvas = document.querySelector('canvas.annotation-density');
+        const r = canvas.getBoundingClientRect();
+        const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+        const cells = [];
+        for (let i = 0; i < data.length; i += 4) if (data[i + 3]) cells.push({
+            x: (i / 4) % canvas.width, y: Math.floor(i / 4 / canvas.width), rgb: [data[i], data[i + 1], data[i + 2]],
+            alpha: data[i + 3] / 255 });
+        const rect = (e) => { const b = e.getBoundingClientRect(); return [b.left, b.top, b.right, b.bottom]; };
+        const viewer = document.querySelector('#viewer');
+        const covered = [...viewer.querySelectorAll('.navigator, #scalebar')].filter((e) => e.offsetWidth).map(rect);
+        return { box: [r.left, r.top, r.width / canvas.width, r.height / canvas.height], cells, covered,
+                 viewer: rect(viewer) }; })()""")
+    left, top, cell_w, cell_h = layout["box"]
+    vx0, vy0, vx1, vy1 = layout["viewer"]
+    usable = []
+    for cell in sorted(layout["cells"], key=lambda c: -c["alpha"]):
+        x0, y0 = round(left + (cell["x"] + 0.25) * cell_w), round(top + (cell["y"] + 0.25) * cell_h)
+        x1, y1 = round(left + (cell["x"] + 0.75) * cell_w), round(top + (cell["y"] + 0.75) * cell_h)
+        inside = x0 > vx0 + 2 and x1 < vx1 - 2 and y0 > vy0 + 60 and y1 < vy1 - 2  # not under the OSD buttons
+        clear = all(x1 < a or x0 > c or y1 < b or y0 > d for a, b, c, d in layout["covered"])
+        if inside and clear and x1 - x0 >= 4 and y1 - y0 >= 4:
+            usable.append((x0, y0, x1, y1, np.array(cell["rgb"], float)))
+        if len(usable) == 25:
+            break
+    assert len(usable) >= 10, f"only {len(usable)} dense cells in view"
+    shot = lambda: np.asarray(Image.open(io.BytesIO(page.screenshot())).convert("RGB")).astype(float)  # noqa: E731
+    composite = shot()
+    page.evaluate("document.querySelector('canvas.annotation-density').style.visibility = 'hidden'")
+    page.wait_for_timeout(100)
+    slide = shot()
+    page.evaluate("document.querySelector('canvas.annotation-density').style.visibility = ''")
+    alphas, texture, tissue, distance = [], [], [], []
+    for x0, y0, x1, y1, overlay in usable:
+        c, t = composite[y0:y1, x0:x1].reshape(-1, 3), slide[y0:y1, x0:x1].reshape(-1, 3)
+        away = overlay - t
+        alphas.append(float(((c - t) * away).sum() / max((away * away).sum(), 1e-9)))
+        texture.append(float(c.std(axis=0).sum() / max(t.std(axis=0).sum(), 1e-9)))
+        tissue.append(float((t.sum(axis=1) < 600).mean()))
+        distance.append(float(np.abs(c - overlay).mean()))
+    return {"alpha": float(np.median(alphas)), "alpha_max": max(alphas), "texture": float(np.median(texture)),
+            "tissue": float(np.mean(tissue)), "distance_from_overlay": float(np.median(distance))}
+
+
+def test_dense_annotations_leave_the_tissue_visible_and_follow_the_opacity(
+    site: Site, browser, tmp_path: Path,  # noqa: ANN001
+) -> None:
+    # ~3,000 nucleus-sized features on the tissue (where a nuclei detector puts them), found on the thumbnail.
+    slide = site.api(f"/api/slides/{site.slide_id}").json()
+    thumbnail = np.asarray(Image.open(io.BytesIO(site.api(f"/api/slides/{site.slide_id}/thumbnail.jpg").content))
+                           .convert("RGB")).astype(int)
+    ys, xs = np.nonzero(thumbnail.sum(axis=2) < 600)
+    assert len(xs) > 100, "the thumbnail shows no tissue"
+    scale = slide["width"] / thumbnail.shape[1]
+    generator = random.Random(5)
+    features = []
+    for _ in range(3000):
+        k = generator.randrange(len(xs))
+        cx = (xs[k] + generator.random()) * scale
+        cy = (ys[k] + generator.random()) * scale
+        ring = [[round(cx + 5 * math.cos(a * math.pi / 3), 2), round(cy + 5 * math.sin(a * math.pi / 3), 2)]
+                for a in range(6)]
+        features.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[*ring, ring[0]]]},
+                         "properties": {"objectType": "detection",
+                                        "classification": {"name": "dense nuclei", "color": [0, 255, 0]}}})
+    document = tmp_path / "dense.geojson"
+    document.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    run_cli("annotations", "import", site.slide_id, str(document), home=site.home, check=True)
+
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    open_viewer(page, site)
+    page.wait_for_function("document.querySelector('#annotations-panel').dataset.mode === 'density'")
+    page.wait_for_timeout(500)  # no reload pending
+    shown = overlay_blend(page)
+    page.screenshot(path=ARTIFACTS / "viewer-dense-annotations.png")
+    assert shown["tissue"] > 0.8, f"the densest cells are not over tissue: {shown}"
+    # See-through: the tissue beneath keeps most of its texture, and the pixels are not the overlay's colour.
+    assert 0.1 < shown["alpha"] < 0.5, shown
+    assert shown["texture"] > 0.45, shown
+    assert shown["distance_from_overlay"] > 30, shown
+
+    slider = page.locator("#overlay-opacity")
+    assert slider.is_visible()
+    slider.fill("1")
+    full = overlay_blend(page)
+    slider.fill("0.3")
+    faint = overlay_blend(page)
+    assert full["alpha_max"] < 0.7, f"at full opacity the density hides the tissue: {full}"  # never opaque
+    assert faint["alpha"] < shown["alpha"] < full["alpha"], (faint, shown, full)
+    assert abs(faint["alpha"] / full["alpha"] - 0.3) < 0.1, (faint, full)  # the slider scales the blend
+    # …and the heatmaps with it.
+    page.check("#heatmaps input[value=tissue]")
+    page.wait_for_function("document.querySelector('img.heatmap-overlay[data-heatmap=tissue]')?.naturalWidth > 0")
+    assert page.evaluate("getComputedStyle(document.querySelector('img.heatmap-overlay')).opacity") == "0.3"
+    page.close()
+
+
+def test_qc_panel_words_agree_with_the_facts_and_the_heatmap_legends(site: Site, browser) -> None:  # noqa: ANN001
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    open_viewer(page, site)
+    qc = site.api(f"/api/slides/{site.slide_id}").json()["qc"]
+    legends = {h["name"]: h["legend"] for h in site.api(f"/api/slides/{site.slide_id}/heatmaps").json()}
+
+    def legend(name: str) -> str:  # what is written under the heatmap's name
+        item = page.locator(f"#heatmaps li[data-heatmap={name}]")
+        return " ".join(item.inner_text().removeprefix(item.locator("label").inner_text()).split())
+
+    # The blur heatmap's legend describes its scale (from its low end to its high end), never counts.
+    blur_legend = legend("blur")
+    assert blur_legend == f"{legends['blur']['0']} ← → {legends['blur']['1']}" == "sharp ← → out of focus", blur_legend
+    tissue_legend = legend("tissue")
+    assert tissue_legend == f"shaded: {legends['tissue']['1']}", tissue_legend
+    assert not re.search(r"\d", blur_legend + tissue_legend), "a legend reads as numbers of tiles"
+
+    # The fraction out of focus, stated once, in the facts' own terms: tissue tiles, with the counts.
+    tiles, blurred = int(qc["focus_tiles"]), int(qc["blurred_tiles"])
+    row = page.locator("xpath=//dl[@id='qc-values']/dt[.='Out of focus']/following-sibling::dd[1]").inner_text()
+    match = re.fullmatch(rf"{blurred} of {tiles} tissue tiles \((?:< )?([\d.]+) %\)", row)
+    assert match, row
+    assert abs(float(match.group(1)) - qc["blur_fraction"] * 100) <= 0.1, (row, qc)
+    assert blurred == round(qc["blur_fraction"] * tiles)
+    # Said once: the row and the legend's end (a QC flag, when there is one, quotes the server's words).
+    said = page.locator("#qc-values").inner_text() + page.locator("#heatmaps").inner_text()
+    assert said.lower().count("out of focus") == 2, said
+    tissue = page.locator("xpath=//dl[@id='qc-values']/dt[.='Tissue fraction']/following-sibling::dd[1]")
+    assert tissue.inner_text().endswith("% of the slide")
+    page.close()
+
+
+def test_unknown_pixel_size_has_no_scale_bar_and_says_so(site: Site, browser) -> None:  # noqa: ANN001
+    described = site.api(f"/api/slides/{site.unknown_size_id}").json()
+    assert described["pixel_size_known"] is False and described["mpp_x"] is None and described["mpp_y"] is None
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(f"{site.base}/view/{site.unknown_size_id}")
+    page.wait_for_function(LOADED)
+    page.wait_for_selector("#qc-values")
+    assert page.locator("#scalebar").is_hidden()
+    page.keyboard.press("4")  # zooming does not bring it back
+    page.wait_for_timeout(600)
+    assert page.locator("#scalebar").is_hidden()
+    assert "pixel size unknown" in page.locator("#slide-info").inner_text().lower()
+    info = page.locator("#slide-info dl").first.inner_text()
+    assert re.search(r"Pixel size\s+unknown", info), info
+    assert "pixel size unknown" in page.locator("#quality-panel").inner_text().lower()
+    measured = page.locator("#qc-values").inner_text() + info
+    assert "Tissue area" not in measured
+    assert not re.search(r"\d\s*(µm|mm)", measured), measured  # nothing measured in µm or mm²
+    page.screenshot(path=ARTIFACTS / "viewer-unknown-pixel-size.png")
+
+    page.goto(f"{site.base}/view/{site.slide_id}")  # a slide with a known pixel size keeps its scale bar
+    page.wait_for_function(LOADED)
+    page.wait_for_selector("#qc-values")
+    assert page.locator("#scalebar").is_visible()
+    assert re.fullmatch(r"\d+(\.\d+)? (µm|mm)", page.locator("#scalebar span").inner_text())
+    assert "pixel size unknown" not in page.locator("#details").inner_text().lower()
+    assert re.search(r"Pixel size\s+0\.\d{4} × 0\.\d{4} µm", page.locator("#slide-info dl").first.inner_text())
+    assert "Tissue area" in page.locator("#qc-values").inner_text()
     page.close()
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from conftest import SLIDEBANK_BIN, json_lines, open_dataset, run_cli
 
 PLUGINS = Path(__file__).parent / "plugins"
@@ -297,7 +298,19 @@ def test_nuclei_and_onnx_classifier_write_annotations_heatmaps_and_values(jobs_h
     assert values["classifier.patches"] > 0 and 0 < values["classifier.mean_score"] < 1
     detail = json.loads(run_cli("slides", "show", slides[2], "--json", home=home, check=True).stdout)
     assert detail["facts"]["classifier"]["patches"] == values["classifier.patches"]
-    bad_model = run_cli("run", "patch-classifier", "--slide", slides[2], "--param", "model=/nonexistent.onnx",
-                        "--wait", "--json", home=home)
-    failed = json.loads(bad_model.stdout.strip().splitlines()[-1])
-    assert bad_model.returncode == 1 and "nonexistent.onnx" in failed["tasks"][0]["error"]
+    for path in ("/etc/passwd", "../catalog.sqlite", "/nonexistent.onnx"):  # a path is never a model
+        refused = run_cli("run", "patch-classifier", "--slide", slides[2], "--param", f"model={path}", home=home)
+        assert refused.returncode != 0 and "model must match" in refused.stderr, refused.stderr
+    unknown = run_cli("run", "patch-classifier", "--slide", slides[2], "--param", "model=tumour", "--wait",
+                      "--json", home=home)
+    failed = json.loads(unknown.stdout.strip().splitlines()[-1])
+    assert unknown.returncode == 1 and "no model named 'tumour' is installed" in failed["tasks"][0]["error"]
+    from slidebank.algorithms.classifier import demo_model
+
+    model = home.parent / "tumour.onnx"
+    model.write_bytes(demo_model())
+    assert run_cli("models", "add", "tumour", str(home / "catalog.sqlite"), home=home).returncode == 2  # not ONNX
+    run_cli("models", "add", "tumour", str(model), home=home, check=True)
+    code, installed = run_job(home, "patch-classifier", "--slide", slides[2], "--param", "mpp=1", "--param",
+                              "model=tumour")
+    assert code == 0 and installed["tasks"][0]["summary"]["values"] == values  # the same model, by name

@@ -11,6 +11,7 @@ their provenance. An algorithm never sees a file path or a key.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -35,6 +36,7 @@ class Parameter:
     help: str
     minimum: float | None = None
     maximum: float | None = None
+    pattern: str | None = None  # a text parameter must match it (e.g. a name, never a path)
 
     def parse(self, value: Any) -> Any:
         """A value of this parameter's type, from a typed value or a command-line string."""
@@ -51,6 +53,8 @@ class Parameter:
                 parsed = self.type(value)
         except (TypeError, ValueError):
             raise ParameterError(f"{self.name} is a {self.type.__name__}, not {value!r}") from None
+        if isinstance(parsed, str) and self.pattern is not None and parsed and not re.fullmatch(self.pattern, parsed):
+            raise ParameterError(f"{self.name} must match {self.pattern}")
         if isinstance(parsed, (int, float)) and not isinstance(parsed, bool):
             if not np.isfinite(parsed):
                 raise ParameterError(f"{self.name} must be finite")
@@ -104,6 +108,10 @@ class TaskContext(Protocol):
         """Raise if the job was cancelled or went over its time or memory limit (call it per tile)."""
 
     def log(self, message: str) -> None: ...
+
+    def model(self, name: str) -> bytes:
+        """The bytes of a model installed on the node (`slidebank models add`); ModelError if none."""
+        ...
 
 
 class Algorithm(Protocol):

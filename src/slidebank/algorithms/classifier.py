@@ -1,8 +1,8 @@
 """Patch classifier: an ONNX model (onnxruntime) over tissue patches, written as a heatmap.
 
 Any model with one float32 NCHW input of RGB in [0, 1] and one output whose first column is a
-score in [0, 1] works (`--param model=/path/model.onnx`); patches are resized to the model's
-input size when it is fixed. Without a model, a small built-in one runs: a logistic regression
+score in [0, 1] works, once the operator installed it (`slidebank models add tumour model.onnx`,
+then `--param model=tumour`); patches are resized to the model's input size when it is fixed. Without a model, a small built-in one runs: a logistic regression
 on mean patch colour that scores haematoxylin-rich (cell-dense) patches high — a stand-in that
 exercises the whole path, not a diagnostic model.
 """
@@ -21,6 +21,7 @@ from PIL import Image
 
 from slidebank.algorithms.base import HeatmapRaster, Parameter, Reads, SimpleAlgorithm, SlideResult, TaskContext
 from slidebank.algorithms.builtin import OVERVIEW_MPP, tissue_overview
+from slidebank.algorithms.models import MODEL_NAME
 from slidebank.algorithms.reader import SlideReader
 
 # Logistic regression on mean (R, G, B) in [0, 1]: purple/dark scores high, glass and pink stroma low.
@@ -50,15 +51,14 @@ def demo_model() -> bytes:
     return model.SerializeToString()
 
 
-def open_session(model_path: str) -> onnxruntime.InferenceSession:
+def open_session(model: bytes) -> onnxruntime.InferenceSession:
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1  # Dask runs one task per worker thread; no oversubscription
-    source = model_path or demo_model()
-    return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def run_classifier(slide: SlideReader, params: Mapping[str, Any], context: TaskContext) -> SlideResult:
-    session = open_session(params["model"])
+    session = open_session(context.model(params["model"]) if params["model"] else demo_model())
     model_input = session.get_inputs()[0]
     fixed = model_input.shape[2:] if all(isinstance(d, int) for d in model_input.shape[2:]) else None
     _, tissue, _ = tissue_overview(slide, params["overview_mpp"])
@@ -107,7 +107,8 @@ PATCH_CLASSIFIER = SimpleAlgorithm(
     description="An ONNX model over tissue patches (onnxruntime); writes a score heatmap.",
     parameters=(
         OVERVIEW_MPP,
-        Parameter("model", str, "", "path to an .onnx model (empty: the built-in demo model)"),
+        Parameter("model", str, "", "name of a model installed on the node (empty: the built-in demo model)",
+                  pattern=MODEL_NAME.pattern),
         Parameter("mpp", float, 2.0, "µm/px of the patches", 0.1, 64),
         Parameter("patch_size", int, 224, "patch size in pixels", 16, 4096),
         Parameter("batch_size", int, 32, "patches per inference call", 1, 4096),

@@ -3,6 +3,7 @@ to the data, on Dask. On the node these act as its operator, or `--as USER` with
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
@@ -31,10 +32,43 @@ SchedulerOption = Annotated[
 WorkersOption = Annotated[Optional[int], typer.Option("--workers", min=1, max=256, help="LocalCluster workers.")]
 
 
+models_app = typer.Typer(help="Models algorithms may load (ONNX), installed by name.", no_args_is_help=True)
+
+
 def register_job_commands(app: typer.Typer) -> None:
     app.command("run")(run)
     app.add_typer(jobs_app, name="jobs")
     app.add_typer(algorithms_app, name="algorithms")
+    app.add_typer(models_app, name="models")
+
+
+@models_app.command("add")
+def models_add(
+    name: Annotated[str, typer.Argument(help="The name jobs use: --param model=NAME")],
+    file: Annotated[Path, typer.Argument(help="An .onnx file")],
+    as_json: JsonOption = False,
+    home: HomeOption = None,
+) -> None:
+    """Install a model (checked as ONNX, copied into the node, listed by name)."""
+    from slidebank.access.principal import operator
+    from slidebank.algorithms.models import ModelError, ModelRegistry
+
+    with opened_node(home) as node:
+        try:
+            entry = ModelRegistry(node.settings.home / "models", node.audit).install(name, file, operator())
+        except (ModelError, OSError) as error:
+            fail(str(error))
+    print_json(entry) if as_json else console.print(f"installed model {name} ({entry['sha256'][:12]})")
+
+
+@models_app.command("list")
+def models_list(as_json: JsonOption = False, home: HomeOption = None) -> None:
+    """The installed models."""
+    from slidebank.algorithms.models import ModelRegistry
+
+    with opened_node(home) as node:
+        models = ModelRegistry(node.settings.home / "models").list()
+    print_list(models, as_json, lambda m: f"{m['name']:24} {m['sha256'][:12]} {m['size']:>12} bytes")
 
 
 def _parameters(pairs: list[str]) -> dict[str, str]:

@@ -20,6 +20,7 @@ from typing import Any
 import psutil
 
 from slidebank.algorithms.base import SlideResult
+from slidebank.algorithms.models import ModelRegistry
 from slidebank.algorithms.reader import SlideReader
 from slidebank.algorithms.registry import get_algorithm
 from slidebank.annotations.geojson import AnnotationError, parse_feature
@@ -94,6 +95,9 @@ class LimitedContext:
 
     def log(self, message: str) -> None:
         self.lines.append(message)
+
+    def model(self, name: str) -> bytes:
+        return ModelRegistry(self._node.settings.home / "models").read(name)
 
 
 def worker_node(settings: NodeSettings) -> Node:

@@ -10,6 +10,7 @@ const MIN_FEATURE_PIXELS = 6;    // typical outline smaller than this on screen:
 const FEW_FEATURES = 50;         // ...unless there are only a few of them
 const OUTLINE_PIXELS = 24;       // over the density, features at least this big on screen keep their outline
 const DENSITY_CELL_PIXELS = 16;  // a density cell is about this many screen pixels wide
+const DENSITY_ALPHA = 150 / 255; // of the densest cell, as heatmaps' cells: the tissue always shows through
 const MARKER_PIXELS = 6;         // radius on screen of the disc that shows a point
 const RELOAD_DELAY_MS = 250;     // wait for panning and zooming to pause before asking again
 const UNCLASSIFIED_COLOR = "#8a8f99";
@@ -347,7 +348,7 @@ export async function showAnnotations(viewer, slide, me, panel) {
   }
 
   // The density raster: a small canvas, one pixel per grid cell, stretched by OpenSeadragon over
-  // the part of the slide it counts (pixelated: each cell is a count, not a blur).
+  // the part of the slide it counts (pixelated: each cell is a count, not a blur), see-through.
   const density = element("canvas", { class: "annotation-density", "aria-hidden": "true" });
   let densityShown = false;
 
@@ -372,7 +373,8 @@ export async function showAnnotations(viewer, slide, me, panel) {
     totals.forEach((total, cell) => {
       if (!total) return;
       for (let c = 0; c < 3; c++) pixels.data[cell * 4 + c] = mixed[cell * 3 + c] / total;  // colours mixed by count
-      pixels.data[cell * 4 + 3] = 255 * (0.3 + 0.6 * Math.sqrt(total / most));  // sqrt: sparse cells stay visible
+      // sqrt: sparse cells stay visible; never opaque. The viewer's overlay opacity (CSS) scales it further.
+      pixels.data[cell * 4 + 3] = 255 * DENSITY_ALPHA * (0.4 + 0.6 * Math.sqrt(total / most));
     });
     context.putImageData(pixels, 0, 0);
     const [x0, y0, x1, y1] = grid.bbox;

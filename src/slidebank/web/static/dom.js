@@ -41,3 +41,7 @@ export async function send(method, url, body) {
 
 export const formatNumber = (value, digits = 2) =>
   typeof value === "number" ? value.toLocaleString(undefined, { maximumFractionDigits: digits }) : String(value ?? "—");
+
+/** Whether the slide's pixel size (µm per level-0 pixel) is known: without it, no scale bar and no µm or mm². */
+export const pixelSizeKnown = (slide) =>
+  slide.pixel_size_known !== false && Number(slide.mpp_x) > 0 && Number(slide.mpp_y) > 0;

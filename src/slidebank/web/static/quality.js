@@ -1,42 +1,86 @@
 // The viewer's quality panel: the slide's QC numbers (with a warning when QC flagged it), its
-// heatmaps as switchable overlays over the whole slide, and running an algorithm on the slide.
-import { element, formatNumber, getJSON, send } from "./dom.js";
+// heatmaps as switchable overlays over the whole slide (their opacity is the viewer's overlay
+// opacity), and running an algorithm on the slide.
+import { element, formatNumber, getJSON, pixelSizeKnown, send } from "./dom.js";
 
-const QC_ROWS = [  // [value in slide.qc, label, how to show it]
-  ["tissue_area_mm2", "Tissue area", (v) => `${formatNumber(v, 3)} mm²`],
-  ["tissue_fraction", "Tissue fraction", (v) => `${formatNumber(v * 100, 1)} %`],
-  ["blur_fraction", "Out of focus", (v) => `${formatNumber(v * 100, 1)} % of tissue`],
-  ["pen_fraction", "Pen marks", (v) => `${formatNumber(v * 100, 1)} %`],
-  ["fold_fraction", "Folds", (v) => `${formatNumber(v * 100, 1)} %`],
+function percent(fraction) {
+  // Never "0 %" for some, nor "100 %" for not all: the words must agree with the counts beside them.
+  const value = fraction * 100;
+  if (value > 0 && value < 0.1) return "< 0.1 %";
+  if (value < 100 && value > 99.9) return "> 99.9 %";
+  return `${formatNumber(value, 1)} %`;
+}
+
+function outOfFocus(qc) {
+  // QC counts out-of-focus tiles among the tissue tiles it measured: say so, with the counts.
+  const tiles = qc.focus_tiles;
+  const blurred = qc.blurred_tiles;
+  if (typeof tiles !== "number" || typeof blurred !== "number") return `${percent(qc.blur_fraction)} of tissue tiles`;
+  if (!tiles) return "no tissue tile measured";
+  return `${formatNumber(blurred, 0)} of ${formatNumber(tiles, 0)} tissue tiles (${percent(qc.blur_fraction)})`;
+}
+
+const QC_ROWS = [  // [value in slide.qc, label, how to show it (from all of qc), measured in µm]
+  ["tissue_area_mm2", "Tissue area", (qc) => `${formatNumber(qc.tissue_area_mm2, 3)} mm²`, true],
+  ["tissue_fraction", "Tissue fraction", (qc) => `${percent(qc.tissue_fraction)} of the slide`],
+  ["blur_fraction", "Out of focus", outOfFocus],
+  ["pen_fraction", "Pen marks", (qc) => `${percent(qc.pen_fraction)} of tissue`],
+  ["fold_fraction", "Folds", (qc) => `${percent(qc.fold_fraction)} of tissue`],
 ];
-const HEATMAP_OPACITY = 0.5;
 
-function qcSummary(qc) {
+// The colours heatmaps are drawn with (src/slidebank/annotations/heatmap.py), from 0 to 1.
+const COLORMAPS = {
+  inferno: [[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]],
+  green: [[0, 120, 0], [0, 230, 60]],
+  red: [[120, 0, 0], [255, 40, 40]],
+};
+
+function qcSummary(qc, knownPixelSize) {
   if (!qc || !Object.keys(qc).length) return [element("p", { class: "muted" }, "No quality control yet.")];
   const flags = typeof qc.flags === "string" ? qc.flags : (qc.flags || []).join("; ");
   const verdict = qc.passed === 0
     ? element("p", { id: "qc-flagged", class: "qc-flagged", role: "alert" }, "⚠ QC flagged", flags ? `: ${flags}` : "")
     : element("p", { id: "qc-passed", class: "qc-passed" }, qc.passed === 1 ? "✓ QC passed" : "QC: no verdict");
   const list = element("dl", { id: "qc-values" });
-  for (const [name, title, show] of QC_ROWS) {
-    if (typeof qc[name] === "number") list.append(element("dt", {}, title), element("dd", {}, show(qc[name])));
+  for (const [name, title, show, inMicrons] of QC_ROWS) {
+    if (inMicrons && !knownPixelSize) continue;  // a number from a made-up pixel size means nothing
+    if (typeof qc[name] === "number") {
+      list.append(element("dt", {}, title), element("dd", { "data-qc": name }, show(qc)));
+    }
   }
-  return [verdict, list];
+  const unknownSize = knownPixelSize ? []
+    : [element("p", { id: "qc-pixel-size", class: "muted" }, "Pixel size unknown: tissue area cannot be measured.")];
+  return [verdict, list, ...unknownSize];
 }
 
-function legendText(legend) {
-  // {"1": "tissue", "colormap": "green", "extent": [..]} → "1 tissue · green"
-  const entries = Object.entries(legend || {})
-    .filter(([key, meaning]) => key !== "colormap" && typeof meaning === "string");
-  const text = entries.map(([value, meaning]) => `${value} ${meaning}`).join(" · ");
-  return [text, legend?.colormap].filter(Boolean).join(" · ");
+function legend(heatmap) {
+  // The legend describes the scale, not counts: {"0": "sharp", "1": "out of focus", "colormap": …}
+  // reads "sharp ← → out of focus" over the colour ramp; a mask {"1": "tissue"} a swatch and "tissue".
+  const meanings = Object.entries(heatmap.legend || {})
+    .filter(([value, meaning]) => typeof meaning === "string" && value.trim() !== "" && Number.isFinite(Number(value)))
+    .sort(([a], [b]) => Number(a) - Number(b))
+    .map(([, meaning]) => meaning);
+  const anchors = COLORMAPS[heatmap.legend?.colormap];
+  const node = element("div", { class: "legend muted" });
+  if (meanings.length === 1) {
+    const color = anchors ? anchors.at(-1) : null;
+    if (color) node.append(element("span", { class: "swatch", style: `background:rgb(${color.join(",")})` }));
+    node.append(`shaded: ${meanings[0]}`);
+  } else if (meanings.length > 1) {
+    const ramp = anchors ? [element("span", {
+      class: "ramp", "aria-hidden": "true",
+      style: `background:linear-gradient(to right, ${anchors.map((c) => `rgb(${c.join(",")})`).join(", ")})`,
+    })] : [];
+    node.append(`${meanings[0]} ←`, ...ramp, `→ ${meanings.at(-1)}`);
+    if (meanings.length > 2) node.title = meanings.join(" → ");
+  }
+  return node;
 }
 
 export async function showQuality(viewer, slide, me, panel) {
   const base = `/api/slides/${encodeURIComponent(slide.slide_id)}`;
   const heatmaps = await getJSON(`${base}/heatmaps`).catch(() => []);
   const overlays = new Map();  // heatmap name → its <img> on the slide
-  let opacity = HEATMAP_OPACITY;
 
   // An HTML overlay stretched over the part of the slide the grid covers (its `extent` in level-0
   // pixels: whole tiles reach past the slide's edges; the whole slide when the server does not say),
@@ -58,7 +102,6 @@ export async function showQuality(viewer, slide, me, panel) {
       class: "heatmap-overlay", "data-heatmap": name, alt: `${name} heatmap`,
       src: `${base}/heatmaps/${encodeURIComponent(name)}.png`,
     });
-    image.style.opacity = opacity;
     overlays.set(name, image);
     const place = () => viewer.addOverlay({ element: image, location: location(heatmap) });
     if (viewer.world.getItemCount()) place();
@@ -68,23 +111,13 @@ export async function showQuality(viewer, slide, me, panel) {
   const list = element("ul", { id: "heatmaps", class: "heatmaps" }, ...heatmaps.map((heatmap) => {
     const box = element("input", { type: "checkbox", value: heatmap.name });
     box.addEventListener("change", () => showHeatmap(heatmap, box.checked));
-    return element("li", { "data-heatmap": heatmap.name }, element("label", {}, box, heatmap.name),
-      element("div", { class: "muted" }, legendText(heatmap.legend)));
+    return element("li", { "data-heatmap": heatmap.name }, element("label", {}, box, heatmap.name), legend(heatmap));
   }));
-  const slider = element("input", {
-    type: "range", min: "0.1", max: "1", step: "0.1", value: String(opacity), "aria-label": "heatmap opacity",
-  });
-  slider.addEventListener("input", () => {
-    opacity = Number(slider.value);
-    for (const image of overlays.values()) image.style.opacity = opacity;
-  });
 
   panel.replaceChildren(
-    element("h2", {}, "Quality control"), ...qcSummary(slide.qc),
+    element("h2", {}, "Quality control"), ...qcSummary(slide.qc, pixelSizeKnown(slide)),
     element("h2", {}, "Heatmaps"),
-    ...(heatmaps.length
-      ? [list, element("label", { class: "opacity" }, "Opacity ", slider)]
-      : [element("p", { class: "muted" }, "None yet.")]),
+    ...(heatmaps.length ? [list] : [element("p", { class: "muted" }, "None yet.")]),
     ...(me.role ? [await runForm(slide)] : []));
 }
 

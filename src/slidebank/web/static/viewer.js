@@ -1,7 +1,9 @@
 // Slide page: OpenSeadragon on the Deep Zoom source, magnification buttons and readout, scale bar
-// from µm/px, keyboard like pathologists' viewers, the slide's metadata and provenance, and the
+// from µm/px (none when the pixel size is unknown), keyboard like pathologists' viewers, the slide's
+// metadata and provenance, one opacity for the overlays (heatmaps, annotation density), and the
 // panels for its annotations (annotations.js) and its quality control and heatmaps (quality.js).
 import { showAnnotations } from "./annotations.js";
+import { pixelSizeKnown } from "./dom.js";
 import { showQuality } from "./quality.js";
 import { showAccount } from "./session.js";
 
@@ -18,8 +20,9 @@ const element = (tag, attributes = {}, ...children) => {
 const slide = await (await fetch(`/api/slides/${encodeURIComponent(slideId)}`)).json();
 document.title = `Slidebank — ${slide.slide_id}`;
 document.querySelector("#title").textContent = slide.slide_id;
+const knownPixelSize = pixelSizeKnown(slide);
 // Magnification the scan was made at: the scanner's objective, else the usual 0.25 µm/px = 40×.
-const scanMagnification = slide.objective_power || (slide.mpp_x ? 10 / slide.mpp_x : null);
+const scanMagnification = slide.objective_power || (knownPixelSize ? 10 / slide.mpp_x : null);
 
 const viewer = OpenSeadragon({
   element: document.querySelector("#viewer"),
@@ -52,7 +55,8 @@ function updateReadouts() {
   const readout = document.querySelector("#magnification");
   readout.textContent = scanMagnification ? `${(scanMagnification * zoom).toFixed(1)}×` : `${(zoom * 100).toFixed(0)}%`;
   const scalebar = document.querySelector("#scalebar");
-  if (!slide.mpp_x) { scalebar.hidden = true; return; }
+  scalebar.hidden = !knownPixelSize;  // a bar of made-up microns would mislead
+  if (!knownPixelSize) return;
   const micronsPerScreenPixel = slide.mpp_x / zoom;
   const target = micronsPerScreenPixel * 120;  // aim for a bar about 120 px long
   const power = 10 ** Math.floor(Math.log10(target));
@@ -68,6 +72,12 @@ for (const button of document.querySelectorAll("[data-magnification]")) {
   button.disabled = !scanMagnification;
   button.addEventListener("click", () => zoomToMagnification(Number(button.dataset.magnification)));
 }
+// Overlays (heatmaps, the annotation density) take their opacity from one CSS variable on the viewer.
+const opacity = document.querySelector("#overlay-opacity");
+const applyOpacity = () => document.querySelector("#viewer").style.setProperty("--overlay-opacity", opacity.value);
+opacity.addEventListener("input", applyOpacity);
+applyOpacity();
+
 function fit() {
   viewer.viewport.goHome();
 }
@@ -121,7 +131,9 @@ function showDetails() {
   const rows = [
     ["Dimensions", `${slide.width.toLocaleString()} × ${slide.height.toLocaleString()} px`],
     ["Levels", slide.levels.map((level) => `${Math.round(level.downsample)}×`).join(", ")],
-    ["µm / pixel", slide.mpp_x ? `${Number(slide.mpp_x).toFixed(4)} × ${Number(slide.mpp_y).toFixed(4)}` : "unknown"],
+    ["Pixel size", knownPixelSize
+      ? `${Number(slide.mpp_x).toFixed(4)} × ${Number(slide.mpp_y).toFixed(4)} µm`
+      : "unknown"],
     ["Objective", slide.objective_power ? `${slide.objective_power}×` : "unknown"],
     ["Scanner", [slide.scanner?.manufacturer, slide.scanner?.model].filter(Boolean).join(" ") || slide.vendor],
     ["Original format", slide.original_format],
@@ -135,8 +147,11 @@ function showDetails() {
   for (const [name, value] of Object.entries(slide.provenance || {})) {
     provenance.append(element("dt", {}, label(name)), element("dd", {}, ...describe(value)));
   }
+  const unknownSize = knownPixelSize ? [] : [element("p", { id: "pixel-size-unknown", class: "notice" },
+    "Pixel size unknown: the slide does not say how large its pixels are, so there is no scale bar "
+    + "and nothing is measured in micrometres.")];
   document.querySelector("#slide-info").replaceChildren(
-    element("h2", {}, "Slide"), list, element("h2", {}, "Provenance"), provenance,
+    element("h2", {}, "Slide"), ...unknownSize, list, element("h2", {}, "Provenance"), provenance,
     element("p", { class: "muted" }, `Original SHA-256 ${slide.source_sha256}`));
 }
 showDetails();
