@@ -14,6 +14,7 @@ SYSTEM_PACKAGES := libturbojpeg0 libmagic1 chromium
 OSD_VENDOR := src/slidebank/web/static/vendor/openseadragon
 ANNOTORIOUS_VENDOR := src/slidebank/web/static/vendor/annotorious
 ANNOTORIOUS_DIST := web/node_modules/@annotorious/openseadragon/dist
+DOCS_VENDOR := src/slidebank/web/static/vendor/docs
 
 .PHONY: system-deps install web demo serve test bench clean
 
@@ -29,14 +30,17 @@ system-deps:
 
 # OpenSeadragon and Annotorious from npm (pinned in web/package-lock.json), copied where the app
 # serves them. Annotorious's UMD build bundles PixiJS and plugs into the OpenSeadragon global.
-$(OSD_VENDOR)/openseadragon.min.js $(ANNOTORIOUS_VENDOR)/annotorious-openseadragon.js &: web/package-lock.json | system-deps
+# Swagger UI and ReDoc for /docs and /redoc come from npm too, so the API pages load no script from a CDN.
+$(OSD_VENDOR)/openseadragon.min.js $(ANNOTORIOUS_VENDOR)/annotorious-openseadragon.js $(DOCS_VENDOR)/swagger-ui-bundle.js &: web/package-lock.json | system-deps
 	npm ci --prefix web --no-audit --no-fund
-	rm -rf $(OSD_VENDOR) $(ANNOTORIOUS_VENDOR) && mkdir -p $(ANNOTORIOUS_VENDOR)
+	rm -rf $(OSD_VENDOR) $(ANNOTORIOUS_VENDOR) $(DOCS_VENDOR) && mkdir -p $(ANNOTORIOUS_VENDOR) $(DOCS_VENDOR)
 	cp -r web/node_modules/openseadragon/build/openseadragon $(OSD_VENDOR)
 	cp $(ANNOTORIOUS_DIST)/annotorious-openseadragon.js $(ANNOTORIOUS_DIST)/annotorious-openseadragon.css $(ANNOTORIOUS_VENDOR)/
-	touch $(OSD_VENDOR)/openseadragon.min.js $(ANNOTORIOUS_VENDOR)/annotorious-openseadragon.js
+	cp web/node_modules/swagger-ui-dist/swagger-ui-bundle.js web/node_modules/swagger-ui-dist/swagger-ui.css \
+		web/node_modules/redoc/bundles/redoc.standalone.js $(DOCS_VENDOR)/
+	touch $(OSD_VENDOR)/openseadragon.min.js $(ANNOTORIOUS_VENDOR)/annotorious-openseadragon.js $(DOCS_VENDOR)/swagger-ui-bundle.js
 
-web: $(OSD_VENDOR)/openseadragon.min.js $(ANNOTORIOUS_VENDOR)/annotorious-openseadragon.js
+web: $(OSD_VENDOR)/openseadragon.min.js $(ANNOTORIOUS_VENDOR)/annotorious-openseadragon.js $(DOCS_VENDOR)/swagger-ui-bundle.js
 
 $(BIN)/slidebank: pyproject.toml | system-deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -74,4 +78,4 @@ bench: install
 	$(BIN)/python bench/annotations.py
 
 clean:
-	rm -rf $(VENV) slidebank-data .pytest_cache web/node_modules $(OSD_VENDOR) $(ANNOTORIOUS_VENDOR)
+	rm -rf $(VENV) slidebank-data .pytest_cache web/node_modules $(OSD_VENDOR) $(ANNOTORIOUS_VENDOR) $(DOCS_VENDOR)

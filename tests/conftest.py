@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -81,14 +82,32 @@ def generic_slide(synthetic_dir: Path):  # noqa: ANN201 - SyntheticSlide
     return write_synthetic_slide(synthetic_dir / "generic.tiff", 1500, 1100, vendor="generic", seed=3)
 
 
+class TestBrowser:
+    """Chromium for the page tests. Playwright's `wait_for_function` evaluates strings in the page,
+    which the app's content security policy (rightly) forbids, so these contexts bypass it;
+    `test_browser.py` checks the policy itself on a page opened with `strict_page`."""
+
+    def __init__(self, browser: Any) -> None:
+        self.browser = browser
+
+    def new_context(self, **options: Any) -> Any:
+        return self.browser.new_context(bypass_csp=True, **options)
+
+    def new_page(self, **options: Any) -> Any:
+        return self.browser.new_page(bypass_csp=True, **options)
+
+    def strict_page(self, **options: Any) -> Any:
+        return self.browser.new_page(**options)
+
+
 @pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
+def browser() -> Iterator[TestBrowser]:
     """Debian's Chromium driven by Playwright, one per test module."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield launched
+        yield TestBrowser(launched)
         launched.close()
 
 

@@ -173,3 +173,38 @@ def test_unknown_slide_page_is_a_404(site: tuple[str, str], browser) -> None:  #
 
 def _levels(tiles: list[tuple[str, int]]) -> set[int]:
     return {int(m.group(1)) for url, _ in tiles if (m := re.search(r"_files/(\d+)/", url))}
+
+
+def test_pages_work_under_their_content_security_policy(site: tuple[str, str], browser) -> None:  # noqa: ANN001
+    """With the policy enforced (no bypass): the viewer draws tiles, the API docs render, nothing is
+    blocked and nothing is fetched from another origin."""
+    import time
+
+    base, slide_id = site
+    page = browser.strict_page(viewport={"width": 1200, "height": 800})
+    problems: list[str] = []
+    requests: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.on("request", lambda r: requests.append(r.url))
+
+    def until(expression: str, seconds: float = 30) -> None:  # polled from outside: the page forbids eval
+        deadline = time.monotonic() + seconds
+        while not page.evaluate(expression):
+            assert time.monotonic() < deadline, f"timed out waiting for {expression}"
+            time.sleep(0.1)
+
+    response = page.goto(f"{base}/view/{slide_id}")
+    assert response is not None and "frame-ancestors 'none'" in response.headers["content-security-policy"]
+    until("() => !!(window.slidebankViewer && window.slidebankViewer.world.getItemCount() === 1 "
+          "&& window.slidebankViewer.world.getItemAt(0).getFullyLoaded())")
+    canvas = np.asarray(Image.open(io.BytesIO(page.locator("#viewer canvas").first.screenshot())).convert("RGB"))
+    assert canvas.std() > 10, "the viewer drew nothing"
+    for docs, ready in (("/docs", "() => document.querySelectorAll('.opblock').length > 10"),
+                        ("/redoc", "() => document.querySelectorAll('[data-section-id]').length > 10")):
+        page.goto(f"{base}{docs}")
+        until(ready)
+    assert not [p for p in problems if "Content Security Policy" in p or "Refused" in p], problems
+    assert all(url.startswith(base) or url.startswith(("data:", "blob:")) for url in requests), \
+        [u for u in requests if not u.startswith(base)]
+    page.close()

@@ -7,6 +7,8 @@ Serves the catalog as JSON (slides, datasets, search with facets), the pixel rou
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse
 
 from slidebank import __version__
 from slidebank.access.oidc import OidcVerifier
@@ -15,7 +17,7 @@ from slidebank.api.annotations import annotation_routes
 from slidebank.api.catalog import catalog_routes
 from slidebank.api.errors import install_error_handlers
 from slidebank.api.fastpath import DeepZoomFastPath
-from slidebank.api.middleware import HeadAsGet, watch_governance
+from slidebank.api.middleware import HeadAsGet, SecurityHeaders, watch_governance
 from slidebank.api.processing import processing_routes
 from slidebank.api.security import Gatekeeper
 from slidebank.api.tiles import tile_routes
@@ -24,12 +26,14 @@ from slidebank.tiles.service import TileService
 from slidebank.web import mount_web
 
 MAX_BODY_BYTES = 64 * 1024
+DOCS_STATIC = "/static/vendor/docs"  # Swagger UI and ReDoc, copied from npm at build time (`make web`)
 
 
 def create_app(node: Node | None = None) -> FastAPI:
     node = node or Node.open()
     # No route takes more than a short JSON document; uploads go through `slidebank ingest`.
-    app = FastAPI(title="Slidebank", version=__version__, max_body_size=MAX_BODY_BYTES)
+    app = FastAPI(title="Slidebank", version=__version__, max_body_size=MAX_BODY_BYTES, docs_url=None,
+                  redoc_url=None)
     gatekeeper = Gatekeeper(node.identities, node.catalog, node.audit, node.governance_watch,
                             OidcVerifier.from_environment())
     tiles = TileService(node.catalog, node.open_blob)
@@ -42,12 +46,24 @@ def create_app(node: Node | None = None) -> FastAPI:
     app.include_router(tile_routes(tiles, gatekeeper))
     install_error_handlers(app)
     app.add_middleware(DeepZoomFastPath, tiles=tiles, gatekeeper=gatekeeper)
+    app.add_middleware(SecurityHeaders)
     app.add_middleware(HeadAsGet)  # outermost: a HEAD of a tile takes the fast path too
     app.state.stop_watch = watch_governance(gatekeeper.sync)
 
     @app.get("/healthz")
     def health() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui() -> HTMLResponse:  # the interactive API documentation, from the package
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="Slidebank API",
+                                   swagger_js_url=f"{DOCS_STATIC}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_STATIC}/swagger-ui.css", swagger_favicon_url="/favicon.ico")
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title="Slidebank API", with_google_fonts=False,
+                              redoc_js_url=f"{DOCS_STATIC}/redoc.standalone.js", redoc_favicon_url="/favicon.ico")
 
     mount_web(app, gatekeeper.may_view)
     return app
