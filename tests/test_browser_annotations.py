@@ -133,7 +133,7 @@ def test_draw_a_rectangle_save_show_hide_and_delete_it(site: Site, browser) -> N
     assert feature["geometry"]["type"] == "Polygon" and len(feature["geometry"]["coordinates"][0]) == 5
     assert feature["properties"]["classification"] == {"name": "tumour margin", "color": [0, 255, 0]}
     assert feature["slidebank"]["author"] == "ana" and feature["slidebank"]["color"] == GREEN
-    assert all(abs(got - want) <= tolerance for got, want in zip(feature["slidebank"]["bbox"], expected)), \
+    assert all(abs(got - want) <= tolerance for got, want in zip(feature["slidebank"]["bbox"], expected, strict=True)), \
         (feature["slidebank"]["bbox"], expected, tolerance)
 
     page.reload()  # from the server now: drawn, and listed under its class

@@ -390,7 +390,7 @@ def test_concurrent_registrations_of_one_source_leave_one_image(database_url: st
             Catalog(UnitOfWork(engines[index])).register(
                 make_slide(f"share-{index}", dataset="new-ds", subject="SUBJ-together", stain="Giemsa")
             )
-        except BaseException as error:
+        except BaseException as error:  # noqa: BLE001 - collected, asserted below
             errors.append(error)
 
     threads = [threading.Thread(target=share, args=(i,)) for i in range(contenders)]

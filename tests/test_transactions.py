@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import json_lines, run_cli
 from fastapi.testclient import TestClient
 from sqlalchemy.exc import DatabaseError
 
+from conftest import json_lines, run_cli
 from slidebank.access.principal import operator
 from slidebank.node import Node, NodeSettings
 

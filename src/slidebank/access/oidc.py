@@ -50,7 +50,7 @@ class _KeySet:
         if self._client is not None:
             return self._client.get_signing_key_from_jwt(token).key
         kid = jwt.get_unverified_header(token).get("kid")
-        for key in self._keys.keys:  # type: ignore[union-attr]
+        for key in self._keys.keys:  # type: ignore[union-attr]  # set when there is no client
             if kid is None or key.key_id == kid:
                 return key.key
         raise InvalidIdentity("unknown signing key")

@@ -2,9 +2,10 @@
 
 Any model with one float32 NCHW input of RGB in [0, 1] and one output whose first column is a
 score in [0, 1] works, once the operator installed it (`slidebank models add tumour model.onnx`,
-then `--param model=tumour`); patches are resized to the model's input size when it is fixed. Without a model, a small built-in one runs: a logistic regression
-on mean patch colour that scores haematoxylin-rich (cell-dense) patches high — a stand-in that
-exercises the whole path, not a diagnostic model.
+then `--param model=tumour`); patches are resized to the model's input size when it is fixed.
+Without a model, a small built-in one runs: a logistic regression on mean patch colour that scores
+haematoxylin-rich (cell-dense) patches high — a stand-in that exercises the whole path, not a
+diagnostic model.
 """
 
 from __future__ import annotations

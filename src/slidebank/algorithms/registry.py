@@ -22,7 +22,7 @@ def algorithms() -> dict[str, Algorithm]:
     for entry in entry_points(group=GROUP):
         try:
             algorithm = entry.load()
-        except Exception as error:  # a broken third-party plug-in must not take the others down
+        except Exception as error:  # noqa: BLE001 - a broken third-party plug-in must not take the others down
             warnings.warn(f"algorithm plug-in {entry.name!r} did not load: {error}", stacklevel=2)
             continue
         found[algorithm.name] = algorithm

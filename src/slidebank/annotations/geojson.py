@@ -100,7 +100,7 @@ def parse_feature(feature: dict[str, Any]) -> ParsedFeature:
         properties=properties,
         class_name=class_name(properties),
         color=class_color(properties),
-        bounds=bounds,  # type: ignore[arg-type]
+        bounds=bounds,  # type: ignore[arg-type]  # shapely's bounds are always four numbers
     )
 
 

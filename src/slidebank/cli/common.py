@@ -7,11 +7,14 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+
+if TYPE_CHECKING:
+    from slidebank.node import Node
 
 console = Console(stderr=True)
 HomeOption = Annotated[
@@ -20,8 +23,8 @@ HomeOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
 
 
-def open_node(home: Path | None):  # noqa: ANN202 - Node import is deferred to keep `--help` fast
-    from slidebank.node import Node
+def open_node(home: Path | None) -> Node:
+    from slidebank.node import Node  # deferred: `--help` stays fast
 
     return Node.open(home)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Optional, cast
 
 import typer
 from rich.console import Console, Group
@@ -76,19 +76,29 @@ def ingest(
     metadata: Annotated[Optional[Path], typer.Option(help="Sidecar CSV/JSON describing the slides.")] = None,
     slide_id: Annotated[Optional[str], typer.Option("--slide-id", help="Keep your own id (one slide only).")] = None,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes.")] = 1,
+    mpp: Annotated[Optional[float], typer.Option(
+        "--mpp", help="Pixel size in µm/px for slides whose file does not say (a sidecar mpp column wins).")] = None,
     qc: Annotated[bool, typer.Option(help="Run quality control on the new slides (a Dask job).")] = True,
     as_json: JsonOption = False,
     home: HomeOption = None,
 ) -> None:
     """Validate, de-identify, convert to DICOM WSI, store, catalog and quality-control slides.
     Exit 1 if any slide was rejected."""
-    from slidebank.ingest.runner import IngestUsageError, plan_ingest, run_ingest
-    from slidebank.ingest.sidecar import SidecarError
+    from dataclasses import replace
 
+    from slidebank.ingest.pipeline import with_default_mpp
+    from slidebank.ingest.runner import IngestUsageError, plan_ingest, run_ingest
+    from slidebank.ingest.sidecar import SidecarError, parse_mpp
+
+    try:
+        default_mpp = parse_mpp(mpp) if mpp is not None else None
+    except ValueError as error:
+        fail(f"--{error}")
     try:
         plan = plan_ingest(paths, dataset=dataset, sidecar=metadata, slide_id=slide_id)
     except (FileNotFoundError, IngestUsageError, SidecarError) as error:
         fail(str(error))
+    plan = replace(plan, requests=tuple(with_default_mpp(r, default_mpp) for r in plan.requests))
     node = open_node(home)
     if as_json:
         outcomes = run_ingest(node, plan, workers=workers, on_outcome=lambda o: print_json(o.to_json()))
@@ -104,7 +114,7 @@ def _quality_control(node: Any, slide_ids: list[str], quiet: bool) -> None:
     """QC of freshly ingested slides; its outcome goes to stderr (stdout stays one line per slide)."""
     try:
         job = run_queued_qc(node, slide_ids, quiet)
-    except Exception as error:  # the slides are in; a cluster that cannot start must not hide that
+    except Exception as error:  # noqa: BLE001 - the slides are in; a cluster that cannot start must not hide that
         console.print(f"[yellow]quality control did not run[/yellow]: {error}; the job stays queued for "
                       "`slidebank serve` or `slidebank jobs work`")
         return
@@ -154,7 +164,8 @@ def _ingest_with_progress(node: Any, plan: Any, workers: int) -> list:
     for column in ("status", "slide", "slide id", "reason / what to do"):
         table.add_column(column, overflow="fold")
     for outcome in outcomes:
-        table.add_row(outcome.status, outcome.path, outcome.slide_id or "", outcome.error or "")
+        reason = outcome.error or "; ".join(outcome.warnings)
+        table.add_row(outcome.status, outcome.path, outcome.slide_id or "", reason)
     console.print(table)
     counts = {status: sum(o.status == status for o in outcomes) for status in ("ingested", "duplicate", "rejected")}
     console.print(", ".join(f"{n} {status}" for status, n in counts.items()))
@@ -294,12 +305,15 @@ def synth(
 ) -> None:
     """Generate a synthetic H&E-like slide with a real pyramid and a label carrying fake PHI."""
     from slidebank.synth import write_synthetic_slide
+    from slidebank.synth.layout import Vendor
+    from slidebank.synth.tissue import Stain
 
     if vendor not in ("aperio", "generic"):
         fail("--vendor must be aperio or generic")
-    slide = write_synthetic_slide(
-        out, width, height, vendor=vendor, label_text=label_text, seed=seed, stain=stain  # type: ignore[arg-type]
-    )
+    if stain not in ("HE", "IHC"):
+        fail("--stain must be HE or IHC")
+    slide = write_synthetic_slide(out, width, height, vendor=cast(Vendor, vendor), label_text=label_text, seed=seed,
+                                  stain=cast(Stain, stain))
     typer.echo(str(slide.path))
 
 

@@ -177,7 +177,7 @@ class JobRunner:
     def _outcome(self, future: Any, request: TaskRequest) -> TaskOutcome:
         try:
             return future.result()
-        except Exception as error:  # KilledWorker (worker lost too often), or the task was cancelled
+        except Exception as error:  # noqa: BLE001 - KilledWorker (worker lost too often), or the task was cancelled
             reason = f"worker lost: {error}" if type(error).__name__ == "KilledWorker" else f"{type(error).__name__}: {error}"
             self._node.jobs.task_finished(request.job_uuid, request.slide_id, "failed", error=reason)
             return TaskOutcome(request.slide_id, "failed", reason)

@@ -257,7 +257,7 @@ class _PlaintextView(io.RawIOBase):
         self._position = bases[whence] + offset
         return self._position
 
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]  # RawIOBase takes any buffer
         count = self._source.preadinto(self._position, memoryview(buffer).cast("B"))
         self._position += count
         return count

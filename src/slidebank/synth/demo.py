@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import cast
 
 from slidebank.synth.generator import write_synthetic_slide
+from slidebank.synth.layout import Vendor
+from slidebank.synth.tissue import Stain
 
 DEMO_SLIDES: tuple[dict[str, str], ...] = (
     {"file": "breast-he-1.svs", "dataset": "human-oncology", "subject": "PAT-0001", "species": "human",
@@ -54,9 +57,9 @@ def write_demo_collection(folder: Path, size: int = 6000) -> Path:
                 size + 317 * seed,
                 size - 211 * seed,
                 # rows are plain str dicts (they also feed the CSV sidecar); the values above are valid literals
-                vendor=row["vendor"],  # type: ignore[arg-type]
+                vendor=cast(Vendor, row["vendor"]),
                 seed=seed,
-                stain=row["tissue"],  # type: ignore[arg-type]
+                stain=cast(Stain, row["tissue"]),
             )
     sidecar = folder / "metadata.csv"
     with open(sidecar, "w", newline="") as handle:

@@ -106,7 +106,7 @@ class TileService:
         with self._lock:
             hit = self._rendered.get(key)
         if hit is not None:
-            return hit  # type: ignore[return-value]
+            return hit  # type: ignore[return-value]  # keys name the kind: a 'dz' key holds a DeepZoomTile
         result = produce()
         if result.worth_caching:
             with self._lock:
