@@ -74,6 +74,7 @@ bench: install
 	$(BIN)/python -m pip install -q -e ".[test,bench]"
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/tiles.py
+	$(BIN)/python bench/regions.py
 	$(BIN)/python bench/process.py
 	$(BIN)/python bench/annotations.py
 
