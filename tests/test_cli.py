@@ -7,8 +7,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import json_lines, open_dataset, run_cli, running_server
 from wsidicom import WsiDicom
+
+from conftest import json_lines, open_dataset, run_cli, running_server
 
 
 @pytest.fixture

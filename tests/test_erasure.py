@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from conftest import json_lines, run_cli, running_server
 
 

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SLIDEBANK_BIN, json_lines, run_cli
 
+from conftest import SLIDEBANK_BIN, json_lines, run_cli
 from slidebank.node import Node
 
 

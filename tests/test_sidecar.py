@@ -96,6 +96,31 @@ def test_matching_prefers_the_relative_path_then_the_base_name(tmp_path: Path) -
         table.description_for(tmp_path / "elsewhere" / "x.svs", None)
 
 
+def test_pixel_size_column_is_read_in_micrometres_per_pixel(tmp_path: Path) -> None:
+    """`mpp` (or µm/px, microns_per_pixel…) is for slides whose file does not say; a decimal comma,
+    as European spreadsheets write it, is a decimal point."""
+    table = load_sidecar(write(tmp_path / "m.csv", "file,µm/px,stain\na.svs,0.2527,H&E\nb.svs,,PAS\n"))
+    assert table.description_for(Path("a.svs"), None) == SlideDescription(mpp=0.2527, stain="H&E")
+    assert table.description_for(Path("b.svs"), None) == SlideDescription(stain="PAS")
+    european = load_sidecar(write(tmp_path / "e.csv", "file;microns per pixel\nc.svs;0,5\n"))
+    assert european.description_for(Path("c.svs"), None) == SlideDescription(mpp=0.5)
+    as_json = load_sidecar(write(tmp_path / "j.json", json.dumps([{"file": "d.svs", "mpp": 0.25}])))
+    assert as_json.description_for(Path("d.svs"), None) == SlideDescription(mpp=0.25)
+
+
+def test_impossible_pixel_sizes_are_reported_with_their_line(tmp_path: Path) -> None:
+    rows = "z1.svs,0\nz2.svs,-0.25\nz3.svs,abc\nz4.svs,250\nz5.svs,nan\nok.svs,0.5\n"
+    sidecar = write(tmp_path / "m.csv", "file,mpp\n" + rows)
+    sane = "is not a pixel size: give µm per pixel between 0.05 and 100 (e.g. 0.25 for a 40× scan)"
+    assert problems(sidecar) == [
+        f"m.csv line 2: mpp '0' {sane}",
+        f"m.csv line 3: mpp '-0.25' {sane}",
+        "m.csv line 4: mpp 'abc' is not a number (µm per pixel, e.g. 0.25)",
+        f"m.csv line 5: mpp '250' {sane}",
+        f"m.csv line 6: mpp 'nan' {sane}",
+    ]
+
+
 def test_sidecar_next_to_the_slides_matches_without_an_input_folder(tmp_path: Path) -> None:
     table = load_sidecar(write(tmp_path / "batch" / "meta.csv", "file,organ\nsub/a.svs,kidney\nb/a.svs,liver\n"))
     assert table.description_for(tmp_path / "batch" / "sub" / "a.svs", None) == SlideDescription(
@@ -176,7 +201,7 @@ def test_bad_json_items_are_reported_by_index_and_line(tmp_path: Path) -> None:
     assert problems(sidecar) == [
         "metadata.json slides[1] (line 3): unknown column 'colour'; known columns: file, dataset, subject, species, "
         "sex, age_at_extraction, case, specimen, anatomical_site, specimen_type, fixation_type, block, "
-        "block_preparation, slide, stain, diagnosis, slide_id",
+        "block_preparation, slide, stain, diagnosis, slide_id, mpp",
         "metadata.json slides[1] (line 3): unknown sex 'q'; expected one of female, male, unknown",
         "metadata.json slides[2] (line 5): expected an object with a 'file' key",
         "metadata.json slides[3] (line 6): 'block' must be text",

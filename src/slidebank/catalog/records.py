@@ -34,6 +34,7 @@ class SlideDescription:
     stain: str | None = None
     diagnosis: str | None = None
     slide_id: str | None = None
+    mpp: float | None = None  # µm per level-0 pixel as the submitter knows it; used where the file has none
 
     def merged_over(self, base: SlideDescription) -> SlideDescription:
         """Fields set here win; unset ones fall back to `base` (e.g. CLI --dataset)."""

@@ -192,16 +192,16 @@ def verify_deidentified(files: Iterable[Path], allowed_values: set[str]) -> None
         if image_type & FORBIDDEN_IMAGE_TYPES:
             problems.append(f"{path.name}: stores a {'/'.join(image_type & FORBIDDEN_IMAGE_TYPES)} image")
 
-        def check(ds: Dataset, element: pydicom.DataElement) -> None:
+        def check(ds: Dataset, element: pydicom.DataElement, name: str = path.name) -> None:
             if element.tag.is_private:
-                problems.append(f"{path.name}: private attribute {element.tag}")
+                problems.append(f"{name}: private attribute {element.tag}")
                 return
             if int(element.tag) not in profile_tags or element.VR == "SQ":
                 return
             value = element.value
             if value in (None, "", b"") or int(element.tag) in safe or str(value) in allowed:
                 return
-            problems.append(f"{path.name}: {element.keyword or element.tag} = {str(value)[:40]!r}")
+            problems.append(f"{name}: {element.keyword or element.tag} = {str(value)[:40]!r}")
 
         dataset.walk(check)
     if problems:

@@ -2,6 +2,12 @@
 
 validate → checksum → de-duplicate → convert (de-identified) → verify → publish blobs → register.
 
+Pixel size: the file's own µm/px is authoritative; a value the submitter supplies (`--mpp`, the
+sidecar's `mpp` column) fills in where the file has none, and one that disagrees with the file is
+reported, never silently used. A slide with neither is stored with its pixel size unknown: the
+catalog's mpp is None, and the DICOM (which must carry a Pixel Spacing) gets NOMINAL_SPACING_MM,
+which the provenance marks as nominal.
+
 Everything up to "publish" happens in a private staging folder; "register" is a single catalog
 transaction. A crash before the commit leaves at most unreferenced blobs, which the next run's
 `Node.recover` deletes; the catalog never points to a blob that is not in place. The steps before
@@ -46,13 +52,19 @@ from slidebank.ingest.deidentify import (
     pseudonym,
     verify_deidentified,
 )
-from slidebank.slides.inspect import Limits, SlideRejected, SourceInfo, inspect_source
+from slidebank.ingest.sidecar import MPP_RANGE
+from slidebank.slides.inspect import Limits, SlideRejected, SourceInfo, inspect_source, pixel_size_hint
 from slidebank.slides.source import SourceSlide
 from slidebank.storage import LocalBlobStore, sha256_file
 from slidebank.storage.crypt import NodeKeys
 
 THUMBNAIL_SIZE = 512
 Status = Literal["ingested", "duplicate", "rejected"]
+# What the DICOM says where nobody knows the pixel size: DICOM WSI requires a Pixel Spacing, and
+# 1 µm is a round "unit" no scanner produces at full resolution, so it is not mistaken for a scan's.
+NOMINAL_SPACING_MM = 0.001
+# A supplied pixel size further than this (relative) from the file's is a disagreement worth saying.
+MPP_TOLERANCE = 0.02
 
 
 @dataclass(frozen=True)
@@ -74,9 +86,65 @@ class IngestOutcome:
     size: int = 0
     seconds: float = 0.0
     method: str | None = None
+    warnings: tuple[str, ...] = ()  # ingested, but the submitter should know (e.g. pixel size unknown)
 
     def to_json(self) -> dict[str, Any]:
-        return {"path": self.path, "status": self.status, "slide_id": self.slide_id, "error": self.error}
+        line: dict[str, Any] = {"path": self.path, "status": self.status, "slide_id": self.slide_id,
+                                "error": self.error}
+        if self.warnings:
+            line["warnings"] = list(self.warnings)
+        return line
+
+
+@dataclass(frozen=True)
+class PixelSize:
+    """The µm/px a slide is stored with, where it came from, and anything the submitter should hear."""
+
+    mpp: tuple[float, float] | None  # None: unknown
+    origin: Literal["file", "supplied", "unknown"]
+    warning: str | None = None
+
+    @property
+    def dicom_spacing_mm(self) -> tuple[float, float]:
+        """(x, y) mm per pixel for the DICOM: the real one, or the nominal one when unknown."""
+        if self.mpp is None:
+            return (NOMINAL_SPACING_MM, NOMINAL_SPACING_MM)
+        return (self.mpp[0] / 1000, self.mpp[1] / 1000)
+
+    def provenance(self) -> dict[str, Any]:
+        if self.mpp is None:
+            return {"pixel_spacing": "unknown", "dicom_pixel_spacing_mm": NOMINAL_SPACING_MM,
+                    "dicom_pixel_spacing_is": "nominal, not a measurement"}
+        return {"pixel_spacing": self.origin}
+
+
+def resolve_pixel_size(info: SourceInfo, supplied: float | None) -> PixelSize:
+    """The file's pixel size wins; a supplied one fills the gap; a disagreement is reported.
+
+    A file's value outside MPP_RANGE is no microscope's (typically an image editor's 72 dpi written
+    as TIFF resolution): it counts as missing, and the submitter is told.
+    """
+    low, high = MPP_RANGE
+    in_file = (info.mpp_x, info.mpp_y) if info.mpp_x is not None and info.mpp_y is not None else None
+    if in_file is not None and all(low <= value <= high for value in in_file):
+        warning = None
+        if supplied is not None and abs(supplied - in_file[0]) > MPP_TOLERANCE * in_file[0]:
+            warning = (f"the supplied pixel size ({supplied:g} µm/px) was not used: the file says "
+                       f"{in_file[0]:g} µm/px, and the scanner's own value is kept")
+        return PixelSize(in_file, "file", warning)
+    implausible = (f"the file's pixel size ({in_file[0]:g} µm/px) is not a microscope's and was ignored"
+                   if in_file is not None else None)
+    if supplied is not None:
+        return PixelSize((supplied, supplied), "supplied", implausible)
+    unknown = f"pixel size unknown, stored without one — {pixel_size_hint(info)}"
+    return PixelSize(None, "unknown", f"{implausible}; {unknown}" if implausible else unknown)
+
+
+def with_default_mpp(request: IngestRequest, mpp: float | None) -> IngestRequest:
+    """`ingest --mpp`: applies to every slide whose sidecar row gives none."""
+    if mpp is None or request.description.mpp is not None:
+        return request
+    return replace(request, description=replace(request.description, mpp=mpp))
 
 
 @dataclass(frozen=True)
@@ -190,16 +258,17 @@ def _convert_and_publish(
     secret = node.secret
     description = request.description
     subject = pseudonym(secret, "subject", description.subject or f"source:{source_sha256}")
-    spacing = (info.mpp_x / 1000, info.mpp_y / 1000) if info.mpp_x and info.mpp_y else None
+    pixel_size = resolve_pixel_size(info, description.mpp)
     metadata = build_wsi_metadata(
         slide_id=slide_id,
         subject_pseudonym=subject,
         manufacturer=info.scanner_manufacturer,
         model=info.scanner_model,
-        pixel_spacing_mm=spacing,
+        pixel_spacing_mm=pixel_size.dicom_spacing_mm,
     )
     with node.store.staging_dir() as staging:
-        result = convert_to_dicom(request.source, info, metadata, staging / "dicom", threads=threads)
+        result = convert_to_dicom(request.source, info, metadata, staging / "dicom", threads=threads,
+                                  scratch=staging / "scratch")
         verify_deidentified(result.files, {slide_id, subject, f"{slide_id}-sample", slide_id[:16]})
         file_levels, levels, (tile, thumbnail), transfer_syntax = _describe_stored(result.files)
         thumbnail_path = staging / "thumbnail.jpg"
@@ -221,6 +290,7 @@ def _convert_and_publish(
         "source_files": len(request.source.files),
         "conversion": result.method,
         "source_reader": result.source_reader,
+        **pixel_size.provenance(),
         "deidentification": {
             "profile": PROFILE_NAME,
             "dropped_associated_images": list(info.associated_images),
@@ -228,6 +298,8 @@ def _convert_and_publish(
         "tools": _tool_versions(),
         "seconds": round(time.monotonic() - started, 3),
     }
+    if pixel_size.warning:
+        provenance["warnings"] = [pixel_size.warning]
     return IngestedSlide(
         slide_id=slide_id,
         source_sha256=source_sha256,
@@ -240,8 +312,8 @@ def _convert_and_publish(
         tile_width=tile.width,
         tile_height=tile.height,
         levels=tuple(levels),
-        mpp_x=info.mpp_x,
-        mpp_y=info.mpp_y,
+        mpp_x=pixel_size.mpp[0] if pixel_size.mpp else None,
+        mpp_y=pixel_size.mpp[1] if pixel_size.mpp else None,
         objective_power=info.objective_power,
         scanner_manufacturer=info.scanner_manufacturer,
         scanner_model=info.scanner_model,
@@ -256,16 +328,18 @@ def _convert_and_publish(
 
 def _pseudonymised(description: SlideDescription, secret: bytes, subject: str, slide_id: str) -> SlideDescription:
     """Submitters' case, specimen, block and slide labels are accession numbers: identifying, so keyed."""
-    labels = {
-        kind: pseudonym(secret, kind, value) if value else None
-        for kind, value in (
-            ("case", description.case),
-            ("specimen", description.specimen),
-            ("block", description.block),
-            ("slide", description.slide),
-        )
-    }
-    return replace(description, subject=subject, slide_id=slide_id, **labels)
+    def keyed(kind: str, value: str | None) -> str | None:
+        return pseudonym(secret, kind, value) if value else None
+
+    return replace(
+        description,
+        subject=subject,
+        slide_id=slide_id,
+        case=keyed("case", description.case),
+        specimen=keyed("specimen", description.specimen),
+        block=keyed("block", description.block),
+        slide=keyed("slide", description.slide),
+    )
 
 
 def register_slide(node: Registrar, request: IngestRequest, prepared: IngestedSlide | IngestOutcome) -> IngestOutcome:
@@ -282,7 +356,8 @@ def register_slide(node: Registrar, request: IngestRequest, prepared: IngestedSl
             node.pseudonyms.remember(session, pseudonym, subject)
         node.audit.append(session, node.actor.name, "slide.ingest", dataset=dataset_alias(prepared.description.dataset),
                           slide_id=prepared.slide_id,
-                          detail={"source_sha256": prepared.source_sha256, "conversion": prepared.provenance.get("conversion")})
+                          detail={"source_sha256": prepared.source_sha256,
+                                  "conversion": prepared.provenance.get("conversion")})
 
     try:
         slide_id = node.catalog.register(prepared, also)
@@ -301,6 +376,7 @@ def register_slide(node: Registrar, request: IngestRequest, prepared: IngestedSl
         size=prepared.source_size,
         seconds=seconds,
         method=str(prepared.provenance.get("conversion")),
+        warnings=tuple(prepared.provenance.get("warnings", ())),
     )
 
 

@@ -3,7 +3,8 @@
 One row per slide, keyed by the `file` it describes (as given on the ingest command line: a path
 relative to the input folder, or just a base name; an `.mrxs` file or a DICOM folder names that
 whole slide). Other columns are `SlideDescription` fields, with friendly synonyms (`organ`,
-`staining`, `diagnose`, `patient`…).
+`staining`, `diagnose`, `patient`…). `mpp` is the pixel size in µm per level-0 pixel, for slides
+whose file does not say (a decimal comma, as spreadsheets in many locales write it, is accepted).
 
 A sidecar is validated completely before anything is ingested, and every problem is reported at
 once with the line a person sees in an editor (the header is line 1 of a CSV; JSON items are
@@ -15,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import posixpath
 import re
 from collections import defaultdict
@@ -23,8 +25,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from slidebank.catalog.records import SlideDescription
 from slidebank.catalog.identifiers import SLIDE_ID_PATTERN
+from slidebank.catalog.records import SlideDescription
 from slidebank.catalog.vocabulary import SEX, UnknownTermError, valid_age
 
 DESCRIPTION_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(SlideDescription))
@@ -59,13 +61,38 @@ COLUMN_SYNONYMS: dict[str, str] = {
     "embedding": "block_preparation",
     "slide_label": "slide",
     "slideid": "slide_id",
+    "microns_per_pixel": "mpp",
+    "um_per_pixel": "mpp",
+    "µm_per_pixel": "mpp",
+    "um/px": "mpp",
+    "µm/px": "mpp",
+    "pixel_size_um": "mpp",
+    "pixel_size_µm": "mpp",
 }
+# Pixel sizes a slide can have, in µm per pixel: from a 200× oil objective to a low-power overview.
+MPP_RANGE = (0.05, 100.0)
 MAX_VALUE = 255
 MAX_LONG_VALUE = 4000  # free-text diagnoses may be long
 LONG_FIELDS = frozenset({"diagnosis"})
 MAX_REPORTED = 200
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 DICOM_LIKE_SUFFIXES = frozenset({".dcm", ".dicom", ""})
+
+
+def parse_mpp(value: str | float) -> float:
+    """A pixel size in µm/px from text or a number; ValueError saying what is wrong otherwise."""
+    text = str(value).strip()
+    if text.count(",") == 1 and "." not in text:
+        text = text.replace(",", ".")
+    try:
+        mpp = float(text)
+    except ValueError:
+        raise ValueError(f"mpp {str(value)!r} is not a number (µm per pixel, e.g. 0.25)") from None
+    low, high = MPP_RANGE
+    if not math.isfinite(mpp) or not low <= mpp <= high:
+        raise ValueError(f"mpp {str(value)!r} is not a pixel size: give µm per pixel between {low:g} and {high:g} "
+                         "(e.g. 0.25 for a 40× scan)")
+    return mpp
 
 
 class SidecarError(ValueError):
@@ -401,12 +428,21 @@ def _validate(path: Path, records: list[_Record], structural: list[str]) -> Side
                 valid = False
             else:
                 first_slide_id[slide_id] = record.location
+        mpp_text = values.pop("mpp", None)
+        mpp: float | None = None
+        if mpp_text:
+            try:
+                mpp = parse_mpp(mpp_text)
+            except ValueError as error:
+                problem(record, str(error))
+                valid = False
         if valid:
-            rows.append(SidecarRow(record.line, record.location, file, SlideDescription(**values)))
+            rows.append(SidecarRow(record.line, record.location, file, SlideDescription(**values, mpp=mpp)))
 
     if problems:
         raise SidecarError([message for _, message in sorted(problems, key=lambda p: p[0])])
     return Sidecar(path, rows)
 
 
-__all__ = ["COLUMN_SYNONYMS", "Sidecar", "SidecarError", "SidecarRow", "load_sidecar", "normalise_file"]
+__all__ = ["COLUMN_SYNONYMS", "MPP_RANGE", "Sidecar", "SidecarError", "SidecarRow", "load_sidecar", "normalise_file",
+           "parse_mpp"]

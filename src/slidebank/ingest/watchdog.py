@@ -5,7 +5,10 @@ balloon on hostile input; a batch of thousands of slides must not stall or fall 
 Each task runs in a long-lived worker process; the parent watches its wall time and the resident
 memory of the worker and its children, and past either limit kills the worker, reports the task as
 exceeded, and starts a fresh worker for the rest. A worker that dies (a segfault in a codec, the
-kernel's OOM killer) is reported the same way and replaced.
+kernel's OOM killer) is reported the same way and replaced. A task's clock starts when its worker
+takes it, not while a fresh worker is still starting (importing the converters takes seconds on a
+busy machine, and would eat into small limits); a worker that never starts is stopped after
+STARTUP_SECONDS.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from typing import Any, Generic, TypeVar
 import psutil
 
 POLL_SECONDS = 0.2
+STARTUP_SECONDS = 300.0  # a worker that has not taken its first task by then never will
+_STARTED = "started"  # what a worker says when it takes a task
 K = TypeVar("K")
 
 
@@ -54,6 +59,7 @@ def _worker_main(connection: Connection, initializer: Callable[..., Any] | None,
         if message is None:
             return
         function, args = message
+        connection.send(_STARTED)
         try:
             result: Finished | Failed = Finished(function(*args))
         except Exception as error:  # noqa: BLE001 - the parent reports it; the worker carries on
@@ -66,8 +72,9 @@ class _Worker:
     process: BaseProcess
     connection: Connection
     task: Any = None  # the key of the task it runs, None when idle
-    started: float = 0.0
+    started: float = 0.0  # when the task was handed over, then when the worker took it
     limits: Limits | None = None
+    running: bool = False  # the worker has taken its task: its time limit runs
 
 
 class SupervisedPool(Generic[K]):
@@ -97,7 +104,7 @@ class SupervisedPool(Generic[K]):
             for worker in self._workers:
                 if worker.task is None and self._queue:
                     key, function, args, limits = self._queue.popleft()
-                    worker.task, worker.started, worker.limits = key, time.monotonic(), limits
+                    worker.task, worker.started, worker.limits, worker.running = key, time.monotonic(), limits, False
                     worker.connection.send((function, args))
             busy = [w for w in self._workers if w.task is not None]
             ready = wait([w.connection for w in busy], timeout=POLL_SECONDS)
@@ -112,10 +119,15 @@ class SupervisedPool(Generic[K]):
                         self._workers[index] = self._start()
                     yield key, outcome
 
-    def _collect(self, worker: _Worker) -> Finished | Failed:
+    def _collect(self, worker: _Worker) -> Finished | Failed | None:
         try:
-            return worker.connection.recv()
+            message = worker.connection.recv()
+            if message == _STARTED:
+                worker.running, worker.started = True, time.monotonic()
+                return None
+            return message
         except (EOFError, OSError):
+            worker.connection.close()
             worker.process.join(timeout=5)
             code = worker.process.exitcode
             reason = f"signal {-code}" if code is not None and code < 0 else f"exit status {code}"
@@ -125,7 +137,10 @@ class SupervisedPool(Generic[K]):
         limits = worker.limits
         assert limits is not None
         elapsed = time.monotonic() - worker.started
-        if elapsed > limits.seconds:
+        if not worker.running and elapsed > STARTUP_SECONDS:
+            self._kill(worker)
+            return Failed(f"its worker process did not start in {STARTUP_SECONDS:.0f} s; stopped")
+        if worker.running and elapsed > limits.seconds:
             self._kill(worker)
             return Failed(f"took longer than {limits.seconds:.0f} s, the limit for its size; stopped")
         rss = _tree_rss(worker.process.pid)

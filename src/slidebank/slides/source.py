@@ -70,7 +70,7 @@ def _dicom_series_key(path: Path) -> str:
     try:
         dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
         return str(dataset.get("SeriesInstanceUID", path))
-    except Exception:  # unreadable DICOM: keep it alone so validation reports it
+    except Exception:  # noqa: BLE001 - unreadable DICOM: keep it alone so validation reports it
         return str(path)
 
 
@@ -111,7 +111,7 @@ def discover(inputs: Iterable[Path]) -> tuple[list[SourceSlide], list[Path]]:
             dicom_groups[_dicom_series_key(path)].append(path)
         else:
             slides.append(SourceSlide(path, (path,), "file"))
-    for files in dicom_groups.values():
-        ordered = tuple(sorted(set(files)))
+    for group in dicom_groups.values():
+        ordered = tuple(sorted(set(group)))
         slides.append(SourceSlide(ordered[0], ordered, "dicom"))
     return slides, ignored
