@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from slidebank.access import version
 from slidebank.access.errors import AccessError, NotAllowed, NotFound
 from slidebank.access.identity import is_open
+from slidebank.access.lookup import dataset_named, require_administrator, user_named
 from slidebank.access.notifications import notify
 from slidebank.access.principal import Principal
 from slidebank.audit import AuditLog
@@ -28,9 +29,9 @@ from slidebank.db.models import (
     Grant,
     Organisation,
     Policy,
-    User,
 )
 
+DATASET_CHANGES = "change datasets, their policies and their committees"
 DEFAULT_MAX_GRANT_DAYS = 365  # a policy may set its own; no grant outlives it
 MAX_GRANT_DAYS = 5 * 365
 
@@ -55,7 +56,7 @@ class Governance:
         max_grant_days: int | None = None,
     ) -> dict[str, Any]:
         """A dataset under its own policy (free text + GA4GH DUO codes, e.g. DUO:0000007)."""
-        self._require_administrator(actor)
+        require_administrator(actor, DATASET_CHANGES)
         codes = _duo_codes(duo_codes or [])
         if max_grant_days is not None and not 1 <= max_grant_days <= MAX_GRANT_DAYS:
             raise AccessError(f"grants last 1 to {MAX_GRANT_DAYS} days")
@@ -82,9 +83,9 @@ class Governance:
     def set_policy(self, actor: Principal, name: str, policy_text: str | None = None,
                    duo_codes: list[str] | None = None, max_grant_days: int | None = None) -> dict[str, Any]:
         """Change a dataset's terms; opening or closing it takes effect on the next request."""
-        self._require_administrator(actor)
+        require_administrator(actor, DATASET_CHANGES)
         with self._uow.write() as session:
-            policy = self._dataset(session, name).policy
+            policy = dataset_named(session, name).policy
             if policy_text is not None:
                 policy.description = policy_text
             if duo_codes is not None:
@@ -108,9 +109,9 @@ class Governance:
 
     def _add_role(self, actor: Principal, model: type[CommitteeMember] | type[DatasetSteward], action: str,
                   dataset: str, user_name: str) -> None:
-        self._require_administrator(actor)
+        require_administrator(actor, DATASET_CHANGES)
         with self._uow.write() as session:
-            target, user = self._dataset(session, dataset), self._user(session, user_name)
+            target, user = dataset_named(session, dataset), user_named(session, user_name)
             if session.scalar(select(model.id).where(model.dataset_id == target.id, model.user_id == user.id)):
                 return
             session.add(model(dataset_id=target.id, user_id=user.id))
@@ -123,7 +124,7 @@ class Governance:
         if not purpose.strip():
             raise AccessError("say what the data will be used for (purpose)")
         with self._uow.write() as session:
-            user, target = self._user(session, requester.name), self._dataset(session, dataset)
+            user, target = user_named(session, requester.name), dataset_named(session, dataset)
             request = AccessRequest(user_id=user.id, dataset_id=target.id, purpose=purpose.strip(), project=project)
             session.add(request)
             for member in session.scalars(select(CommitteeMember).where(CommitteeMember.dataset_id == target.id)):
@@ -210,25 +211,6 @@ class Governance:
         if request.status != "pending":
             raise AccessError(f"request {request_uuid} is already {request.status}")
         return request
-
-    @staticmethod
-    def _require_administrator(actor: Principal) -> None:
-        if not actor.is_administrator:
-            raise NotAllowed("only an administrator may change datasets and their committees")
-
-    @staticmethod
-    def _user(session: Session, name: str) -> User:
-        user = session.scalar(select(User).where(User.name == name))
-        if user is None:
-            raise AccessError(f"no user {name!r}")
-        return user
-
-    @staticmethod
-    def _dataset(session: Session, name: str) -> Dataset:
-        dataset = session.scalar(select(Dataset).where(Dataset.alias == name))
-        if dataset is None:
-            raise AccessError(f"no dataset {name!r}")
-        return dataset
 
     @staticmethod
     def _request_json(request: AccessRequest) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from slidebank.access import version
 from slidebank.access.errors import AccessError, NotAllowed, NotFound, TooManyAttempts
+from slidebank.access.lookup import require_administrator, user_named
 from slidebank.access.oidc import Identity
 from slidebank.access.principal import RESERVED_NAMES, Principal, anonymous, operator
 from slidebank.audit import AuditLog
@@ -115,9 +116,9 @@ class Identities:
 
     def set_disabled(self, actor: Principal, name: str, disabled: bool) -> dict[str, Any]:
         """Disable (or enable) an account: its tokens and sessions stop working on the next request."""
-        self._require_administrator(actor)
+        require_administrator(actor, "do this for another user")
         with self._uow.write() as session:
-            user = self._user(session, name)
+            user = user_named(session, name)
             user.disabled = disabled
             version.bump(session)
             self._audit.append(session, actor.name, "user.disable" if disabled else "user.enable",
@@ -191,9 +192,9 @@ class Identities:
     def end_sessions(self, actor: Principal, name: str) -> int:
         """Log a user out everywhere (the user, or an administrator for anyone)."""
         if actor.name != name:
-            self._require_administrator(actor)
+            require_administrator(actor, "do this for another user")
         with self._uow.write() as session:
-            user = self._user(session, name)
+            user = user_named(session, name)
             result = session.execute(
                 update(BrowserSession).where(BrowserSession.user_id == user.id, BrowserSession.ended_at.is_(None))
                 .values(ended_at=datetime.now(UTC))
@@ -212,10 +213,10 @@ class Identities:
         if not 1 <= expires_days <= MAX_TOKEN_DAYS:
             raise AccessError(f"a token lasts 1 to {MAX_TOKEN_DAYS} days")
         if actor.name != user_name:
-            self._require_administrator(actor)
+            require_administrator(actor, "do this for another user")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         with self._uow.write() as session:
-            user = self._user(session, user_name)
+            user = user_named(session, user_name)
             row = ApiToken(user_id=user.id, label=label[:NAME_LIMIT], token_sha256=token_digest(token),
                            expires_at=datetime.now(UTC) + timedelta(days=expires_days))
             session.add(row)
@@ -229,7 +230,7 @@ class Identities:
         """Tokens (never the secrets) of one user, or of everyone for an administrator."""
         name = user_name or actor.name
         if name != actor.name or user_name is None and not actor.user_id:
-            self._require_administrator(actor)
+            require_administrator(actor, "do this for another user")
         with self._uow.read() as session:
             statement = select(ApiToken).join(User, User.id == ApiToken.user_id).order_by(ApiToken.id)
             if user_name is not None or actor.user_id:
@@ -309,7 +310,7 @@ class Identities:
 
     def principal_for_user(self, name: str) -> Principal:
         with self._uow.read() as session:
-            user = self._user(session, name)
+            user = user_named(session, name)
             if user.disabled:
                 raise NotAllowed("this account is disabled")
             return self._principal(session, user, None)
@@ -350,18 +351,6 @@ class Identities:
                          min(expiries) if expiries else None)
 
     # --- helpers --------------------------------------------------------------------------------------
-
-    @staticmethod
-    def _require_administrator(actor: Principal) -> None:
-        if not actor.is_administrator:
-            raise NotAllowed("only an administrator may do this for another user")
-
-    @staticmethod
-    def _user(session: Session, name: str) -> User:
-        user = session.scalar(select(User).where(User.name == name))
-        if user is None:
-            raise AccessError(f"no user {name!r}")
-        return user
 
     @staticmethod
     def _user_json(user: User) -> dict[str, Any]:

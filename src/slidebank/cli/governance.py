@@ -194,10 +194,7 @@ def datasets_committee(
     name: str, member: Annotated[list[str], typer.Option(help="DAC member (repeatable)")], home: HomeOption = None,
 ) -> None:
     """Add members to a dataset's data access committee."""
-    node = open_node(home)
-    for person in member:
-        _run(partial(node.governance.add_committee_member, operator(), name, person))
-    console.print(f"committee of {name}: added {', '.join(safe(m) for m in member)}")
+    _add_people(home, name, member, "committee")
 
 
 @datasets_app.command("steward")
@@ -205,10 +202,15 @@ def datasets_steward(
     name: str, user: Annotated[list[str], typer.Option(help="Data steward (repeatable)")], home: HomeOption = None,
 ) -> None:
     """Add data stewards to a dataset."""
+    _add_people(home, name, user, "stewards")
+
+
+def _add_people(home: Path | None, dataset: str, people: list[str], part: str) -> None:
     node = open_node(home)
-    for person in user:
-        _run(partial(node.governance.add_steward, operator(), name, person))
-    console.print(f"stewards of {name}: added {', '.join(safe(u) for u in user)}")
+    add = node.governance.add_committee_member if part == "committee" else node.governance.add_steward
+    for person in people:
+        _run(partial(add, operator(), dataset, person))
+    console.print(f"{part} of {dataset}: added {', '.join(safe(p) for p in people)}")
 
 
 @datasets_app.command("list")

@@ -18,7 +18,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, declared_attr, mapped_column, relationship
 
 from slidebank.db.models.base import (
     NAME_LENGTH,
@@ -71,26 +71,28 @@ class ApiToken(Base):
     user: Mapped[User] = relationship()
 
 
-class CommitteeMember(Base):
+class DatasetRole:
+    """A person's part in one dataset: each person at most once per dataset and part."""
+
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple[UniqueConstraint]:  # a constraint object per table
+        return (UniqueConstraint("dataset_id", "user_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+
+
+class CommitteeMember(DatasetRole, Base):
     """Who sits on the data access committee (DAC) of a dataset, and so decides its requests."""
 
     __tablename__ = "committee_members"
-    __table_args__ = (UniqueConstraint("dataset_id", "user_id"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
 
 
-class DatasetSteward(Base):
+class DatasetSteward(DatasetRole, Base):
     """Data stewards submit and curate the datasets they are stewards of."""
 
     __tablename__ = "dataset_stewards"
-    __table_args__ = (UniqueConstraint("dataset_id", "user_id"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
 
 
 class AccessRequest(Base):
