@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import re
+import shutil
+import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -11,11 +17,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from conftest import json_lines, open_dataset, run_cli, running_server
+from slidebank.api.app import create_app
+from slidebank.node import Node
 
 PATH_VALUES = {
     "level": "0", "col": "0", "row": "0", "extension": "jpeg", "region": "full", "size": "max", "rotation": "0",
@@ -187,16 +196,173 @@ def test_reads_are_audited_and_the_chain_detects_tampering(site: Site) -> None:
     assert run_cli("audit", "verify", home=site.home).returncode == 0
 
 
-@pytest.mark.parametrize("who", [None, "root"])
-def test_schemathesis_finds_no_server_errors_or_schema_violations(site: Site, who: str | None) -> None:
-    """Property-based requests from the OpenAPI document, with a valid token and without."""
-    command = [str(Path(sys.executable).with_name("schemathesis")), "run", f"{site.base}/openapi.json",
-               "--checks", "not_a_server_error,response_schema_conformance,content_type_conformance",
-               "--max-examples", "30", "--generation-deterministic"]
-    if who:
-        command += ["--header", f"Authorization: Bearer {site.tokens[who]}"]
+SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
+CONFORMANCE_CHECKS = ("not_a_server_error", "status_code_conformance", "content_type_conformance",
+                      "response_schema_conformance")
+
+
+def schemathesis_config(values: dict[str, list[str]]) -> str:
+    """schemathesis.toml: the conformance checks, and real identifiers for path parameters (most of
+    the time), so that answers about real slides, jobs and features are checked, not only 404s.
+
+    The checks are chosen here, not with `--checks`, so that per-operation settings could apply."""
+    lines = ["[checks]", "enabled = false", *(f"{check}.enabled = true" for check in CONFORMANCE_CHECKS)]
+    for name, entries in values.items():
+        lines += ["", f"[dictionaries.{name}]", f"values = {json.dumps(entries)}"]
+    if values:
+        lines += ["", "[parameters]"]
+        lines += [f'"path.{name}" = {{ dictionary = "{name}", probability = 0.8 }}' for name in values]
+    return "\n".join(lines) + "\n"
+
+
+def run_schemathesis(base: str, workdir: Path, values: dict[str, list[str]] | None = None,
+                     token: str | None = None) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """Property-based requests from the server's OpenAPI document, every answer held to it; the
+    result and every exchange (HAR entries)."""
+    config, har = workdir / "schemathesis.toml", workdir / "exchanges.har"
+    config.write_text(schemathesis_config(values or {}))
+    command = [str(SCHEMATHESIS), "--config-file", str(config), "run", f"{base}/openapi.json",
+               "--max-examples", "30", "--generation-deterministic", "--report", "har", "--report-har-path", str(har)]
+    if token:
+        command += ["--header", f"Authorization: Bearer {token}"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
-    assert result.returncode == 0, result.stdout[-4000:]
+    return result, json.loads(har.read_text())["log"]["entries"] if har.exists() else []
+
+
+def answered(entries: list[dict]) -> set[tuple[str, str]]:
+    """(method, path) of every exchange that got a 2xx answer."""
+    return {(e["request"]["method"], urlsplit(e["request"]["url"]).path) for e in entries
+            if 200 <= e["response"]["status"] < 300}
+
+
+@pytest.fixture
+def fuzzed_site(site: Site, tmp_path: Path) -> Iterator[str]:
+    """A copy of the site on its own server: schemathesis as an administrator erases subjects,
+    revokes grants and locks its address out of logging in, as it should be able to."""
+    clone = tmp_path / "node"
+    shutil.copytree(site.home, clone, ignore=shutil.ignore_patterns("catalog.sqlite*"))
+    with contextlib.closing(sqlite3.connect(site.home / "catalog.sqlite")) as source, \
+            contextlib.closing(sqlite3.connect(clone / "catalog.sqlite")) as copy:
+        source.backup(copy)  # consistent while the site's server writes
+    with running_server(clone) as base:
+        yield base
+
+
+def site_identifiers(base: str, site: Site) -> dict[str, list[str]]:
+    """Real values for every path parameter, with a feature drawn on each slide to have one."""
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {site.tokens['root']}"}, timeout=30) as root:
+        triangle = {"type": "Polygon", "coordinates": [[[10, 10], [90, 10], [50, 70], [10, 10]]]}
+        feature = {"type": "Feature", "geometry": triangle, "properties": {"classification": {"name": "Tumor"}}}
+        features = [root.post(f"/api/slides/{slide}/annotations", json=feature).json()["ids"][0]
+                    for slide in (site.restricted, site.public)]
+        requests = [r["id"] for r in root.get("/api/access-requests").json()]
+        return {
+            "slide_id": [site.restricted, site.public],
+            "name": [d["name"] for d in root.get("/api/datasets").json()] + sorted(ROLES),
+            "heatmap": sorted({h["name"] for s in (site.restricted, site.public)
+                               for h in root.get(f"/api/slides/{s}/heatmaps").json()}),
+            "job_id": [j["id"] for j in root.get("/api/jobs").json()],
+            "feature_id": features,
+            "request_id": requests,
+            "grant_id": [site.grant, *requests],
+        }
+
+
+@pytest.mark.parametrize("who", [None, "root"])
+def test_schemathesis_finds_no_server_errors_or_schema_violations(
+    site: Site, fuzzed_site: str, tmp_path: Path, who: str | None
+) -> None:
+    """Property-based requests from the OpenAPI document, with an administrator's token and without:
+    no 500, and every answer's status, content type and body as the document says."""
+    values = site_identifiers(fuzzed_site, site)
+    result, exchanges = run_schemathesis(fuzzed_site, tmp_path, values, site.tokens[who] if who else None)
+    assert result.returncode == 0, result.stdout[-6000:]
+    # The checks saw real answers, not only refusals of made-up identifiers.
+    readable = site.restricted if who else site.public
+    expected = {"/api/search", f"/api/slides/{readable}", f"/api/slides/{readable}/annotations",
+                f"/api/slides/{readable}/heatmaps", f"/api/slides/{readable}/annotations/density"}
+    if who:
+        expected |= {"/api/datasets/restricted", "/api/jobs", *(f"/api/jobs/{job}" for job in values["job_id"][:1])}
+    assert {("GET", path) for path in expected} <= answered(exchanges)
+
+
+TYPED_ROUTERS = {"catalog", "access", "annotations", "processing"}  # api/catalog.py, access.py, annotations.py, …
+
+
+def test_every_json_answer_of_the_typed_routers_has_a_model(node: Node) -> None:
+    """A route that goes back to returning a bare dict (schema `{}` or any object) fails here, before
+    schemathesis would have nothing to hold its answers to."""
+    spec = create_app(node).openapi()
+    untyped = []
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            if not TYPED_ROUTERS & set(operation.get("tags", ())):
+                continue
+            for status, response in operation["responses"].items():
+                for media_type, content in response.get("content", {}).items():
+                    schema = content.get("schema", {})
+                    named = schema.get("$ref") or schema.get("items", {}).get("$ref")
+                    if media_type.endswith("json") and not named and status != "422":
+                        untyped.append(f"{method.upper()} {path} {status} {media_type}: {schema}")
+                    if media_type.startswith("image/") and not status.startswith("2"):
+                        untyped.append(f"{method.upper()} {path} {status}: an error is not an image")
+            if not any(status.startswith("2") for status in operation["responses"]):
+                untyped.append(f"{method.upper()} {path}: no success answer documented")
+    assert not untyped, "\n".join(untyped)
+
+
+BROKEN_APP = """
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import JSONResponse
+
+from slidebank.api.schemas import Health, errors
+
+app = FastAPI(title="broken")
+
+
+@app.get("/healthz", responses=errors(404))
+def health() -> Health:
+    return JSONResponse({"status": "ok", "version": 2})  # built by hand, so unchecked: not a string
+
+
+@app.get("/teapot", responses=errors(404))
+def teapot() -> Health:
+    raise HTTPException(418, "I'm a teapot")  # not a documented answer
+"""
+
+
+def test_the_conformance_checks_can_fail(tmp_path: Path) -> None:
+    """The same run against an app whose answers break its own document fails, naming both breaks."""
+    (tmp_path / "broken_app.py").write_text(BROKEN_APP)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("granian")), "--interface", "asgi", "--host", "127.0.0.1", "--port",
+         str(port), "--working-dir", str(tmp_path), "--no-log", "broken_app:app"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, server.stderr.read() if server.stderr else ""
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{base}/openapi.json", timeout=1).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "the broken app did not come up"
+            time.sleep(0.1)
+        result, _ = run_schemathesis(base, tmp_path)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=10)
+    assert result.returncode != 0
+    assert "Response violates schema" in result.stdout and "GET /healthz" in result.stdout, result.stdout[-4000:]
+    assert "Undocumented status code" in result.stdout and "GET /teapot" in result.stdout, result.stdout[-4000:]
 
 
 def test_hostile_requests_get_clean_refusals(site: Site) -> None:

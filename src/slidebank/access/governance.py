@@ -30,6 +30,7 @@ from slidebank.db.models import (
     Organisation,
     Policy,
 )
+from slidebank.db.models.base import iso_utc
 
 DATASET_CHANGES = "change datasets, their policies and their committees"
 DEFAULT_MAX_GRANT_DAYS = 365  # a policy may set its own; no grant outlives it
@@ -216,4 +217,4 @@ class Governance:
     def _request_json(request: AccessRequest) -> dict[str, Any]:
         return {"id": request.uuid, "user": request.user.name, "dataset": request.dataset.alias,
                 "purpose": request.purpose, "project": request.project, "status": request.status,
-                "reason": request.reason, "created_at": request.created_at.isoformat()}
+                "reason": request.reason, "created_at": iso_utc(request.created_at)}

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from slidebank.access.principal import Principal
 from slidebank.db import UnitOfWork
 from slidebank.db.models import Dataset, DatasetSteward, Notification, User
+from slidebank.db.models.base import iso_utc
 
 
 def notify(session: Session, user_id: int, message: str) -> None:
@@ -36,4 +37,4 @@ class Notifications:
         with self._uow.read() as session:
             rows = session.scalars(select(Notification).where(Notification.user_id == principal.user_id)
                                    .order_by(Notification.id))
-            return [{"message": n.message, "at": n.created_at.isoformat()} for n in rows]
+            return [{"message": n.message, "at": iso_utc(n.created_at)} for n in rows]

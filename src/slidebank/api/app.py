@@ -6,8 +6,11 @@ Serves the catalog as JSON (slides, datasets, search with facets), the pixel rou
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
 
 from slidebank import __version__
@@ -19,6 +22,7 @@ from slidebank.api.errors import install_error_handlers
 from slidebank.api.fastpath import DeepZoomFastPath
 from slidebank.api.middleware import HeadAsGet, SecurityHeaders, watch_governance
 from slidebank.api.processing import processing_routes
+from slidebank.api.schemas import Health
 from slidebank.api.security import Gatekeeper
 from slidebank.api.tiles import tile_routes
 from slidebank.node import Node
@@ -50,7 +54,7 @@ def create_app(node: Node | None = None) -> FastAPI:
     app.add_middleware(HeadAsGet)  # outermost: a HEAD of a tile takes the fast path too
     app.state.stop_watch = watch_governance(gatekeeper.sync)
 
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=Health, summary="The server answers, and its version")
     def health() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
@@ -66,4 +70,19 @@ def create_app(node: Node | None = None) -> FastAPI:
                               redoc_js_url=f"{DOCS_STATIC}/redoc.standalone.js", redoc_favicon_url="/favicon.ico")
 
     mount_web(app, gatekeeper.may_view)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]  # FastAPI's documented way to customise it
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document, without the 422 FastAPI documents on every route with parameters:
+    `api/errors.py` answers a malformed query or body with 400 and a malformed path with 404."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        for operations in schema["paths"].values():
+            for operation in operations.values():
+                operation["responses"].pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
+        app.openapi_schema = schema
+    return app.openapi_schema

@@ -17,6 +17,7 @@ from fastapi import APIRouter, Depends, Header, Path, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from slidebank.access.principal import Principal
+from slidebank.api.schemas import errors
 from slidebank.api.security import Gatekeeper, principal_dependency
 from slidebank.tiles.deepzoom import dzi_xml
 from slidebank.tiles.encode import MEDIA_TYPES
@@ -67,7 +68,8 @@ def tile_routes(tiles: TileService, gatekeeper: Gatekeeper) -> APIRouter:
     router = APIRouter(tags=["pixels"])
     current = principal_dependency(gatekeeper)
 
-    @router.get("/slides/{slide_id}.dzi", response_class=Response, summary="Deep Zoom descriptor")
+    @router.get("/slides/{slide_id}.dzi", response_class=Response, summary="Deep Zoom descriptor",
+                responses={200: {"content": {"application/xml": {}}}, **errors(401, 404)})
     def deepzoom_descriptor(
         slide_id: SlideId,
         request: Request,
@@ -80,7 +82,8 @@ def tile_routes(tiles: TileService, gatekeeper: Gatekeeper) -> APIRouter:
                                 lambda: (dzi_xml(pyramid).encode(), "application/xml"), CORS)
 
     @router.get(
-        "/slides/{slide_id}_files/{level}/{col}_{row}.{extension}", response_class=Response, summary="Deep Zoom tile"
+        "/slides/{slide_id}_files/{level}/{col}_{row}.{extension}", response_class=Response, summary="Deep Zoom tile",
+        responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}, **errors(401, 404)},
     )
     def deepzoom_tile(
         slide_id: SlideId,
@@ -101,13 +104,17 @@ def tile_routes(tiles: TileService, gatekeeper: Gatekeeper) -> APIRouter:
 
         return _cached_response(pyramid, request, gatekeeper.is_open(dataset), if_none_match, produce, CORS)
 
-    @router.get("/iiif/3/{slide_id}", summary="IIIF image service base URI (redirects to info.json)")
+    @router.get("/iiif/3/{slide_id}", summary="IIIF image service base URI (redirects to info.json)",
+                response_class=Response, status_code=303, responses={303: {"description": "to info.json"},
+                                                                     **errors(401, 404)})
     def iiif_base(slide_id: SlideId, request: Request, caller: Principal = Depends(current)) -> Response:
         gatekeeper.slide_dataset(caller, slide_id)
         target = request.url_for("iiif_info", slide_id=slide_id)
         return RedirectResponse(str(target), status_code=303, headers=CORS)
 
-    @router.get("/iiif/3/{slide_id}/info.json", name="iiif_info", summary="IIIF image information")
+    @router.get("/iiif/3/{slide_id}/info.json", name="iiif_info", summary="IIIF image information",
+                response_class=Response,
+                responses={200: {"content": {"application/json": {}, "application/ld+json": {}}}, **errors(401, 404)})
     def iiif_info(
         slide_id: SlideId,
         request: Request,
@@ -129,6 +136,7 @@ def tile_routes(tiles: TileService, gatekeeper: Gatekeeper) -> APIRouter:
         "/iiif/3/{slide_id}/{region}/{size}/{rotation}/{quality_format}",
         response_class=Response,
         summary="IIIF image request",
+        responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()}}, **errors(400, 401, 404)},
     )
     def iiif_image(
         slide_id: SlideId,
@@ -151,7 +159,8 @@ def tile_routes(tiles: TileService, gatekeeper: Gatekeeper) -> APIRouter:
         return _cached_response(pyramid, request, gatekeeper.is_open(dataset), if_none_match,
                                 lambda: (image.content, MEDIA_TYPES[image.media_format]), IIIF_HEADERS)
 
-    @router.get("/api/slides/{slide_id}/overview.jpg", response_class=Response, summary="Whole slide, ≤1024 px")
+    @router.get("/api/slides/{slide_id}/overview.jpg", response_class=Response, summary="Whole slide, ≤1024 px",
+                responses={200: {"content": {"image/jpeg": {}}}, **errors(401, 404)})
     def overview(
         slide_id: SlideId,
         request: Request,

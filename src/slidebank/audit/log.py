@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from slidebank.db import UnitOfWork
 from slidebank.db.models import AuditEvent
+from slidebank.db.models.base import iso_utc
 
 GENESIS = "0" * 64
 CHAIN_LOCK_ID = 0x5A_0D17  # PostgreSQL advisory lock serialising appends to the chain
@@ -139,7 +140,7 @@ class AuditLog:
 
     @staticmethod
     def _json(event: AuditEvent) -> dict[str, Any]:
-        return {"id": event.id, "at": event.at.isoformat(), "actor": event.actor, "action": event.action,
+        return {"id": event.id, "at": iso_utc(event.at), "actor": event.actor, "action": event.action,
                 "dataset": event.dataset, "slide_id": event.slide_id, "grant": event.grant_uuid,
                 "detail": event.detail, "hash": event.entry_hash}
 
