@@ -128,3 +128,73 @@ def test_the_audit_is_shown_escaped(attack: Attack, tmp_path: Path) -> None:
         run_cli("audit", "show", home=attack.node.settings.home, check=True).stderr
     assert "\x1b" not in shown and "mallory\\n" in shown
     assert not any(line.lstrip().startswith("99 2026-01-01") for line in shown.splitlines())
+
+
+def test_a_controlled_datasets_public_page_tells_nothing_about_its_slides(attack: Attack) -> None:
+    """Counts per diagnosis, organ or species of a controlled dataset, compared before and after an
+    erasure, would tell the erased person's; a non-reader sees the terms and a rounded size only."""
+    me = operator()
+    attack.node.governance.set_policy(me, "study", duo_codes=["DUO:0000007"])  # controlled now
+    try:
+        outsider = attack.client.get("/api/datasets/study", headers=attack.as_("ben")).json()
+        anonymous = attack.client.get("/api/datasets/study").json()
+        for seen in (outsider, anonymous):
+            assert seen["facets"] == {} and seen["images_exact"] is False and seen["images"] % 10 == 0
+        listed = {d["name"]: d for d in attack.client.get("/api/datasets").json()}
+        assert listed["study"]["images_exact"] is False
+        attack.node.governance.add_steward(me, "study", "ana")
+        insider = attack.client.get("/api/datasets/study", headers=attack.as_("ana")).json()
+        assert insider["images_exact"] is True and insider["images"] == 1 and insider["facets"]["vendor"]
+    finally:
+        attack.node.governance.set_policy(me, "study", duo_codes=["DUO:0000004"])
+
+
+def test_lists_and_searches_of_controlled_data_are_audited(attack: Attack) -> None:
+    me = operator()
+    attack.node.governance.set_policy(me, "study", duo_codes=["DUO:0000007"])
+    try:
+        attack.node.governance.add_steward(me, "study", "ana")
+        before = len(list(attack.node.audit.entries(dataset="study")))
+        headers = attack.as_("ana")
+        assert attack.client.get("/api/search", params={"text": "sb"}, headers=headers).json()["total"] == 1
+        assert len(attack.client.get("/api/slides", headers=headers).json()) == 1
+        attack.client.get(f"/api/slides/{attack.slide}/annotations/classes", headers=headers)
+        attack.client.get(f"/api/slides/{attack.slide}/heatmaps", headers=headers)
+        actions = [e["action"] for e in attack.node.audit.entries(dataset="study")][before:]
+        assert {"catalog.search", "slides.list"} <= set(actions)
+        assert any(e["action"] == "tiles.read" and e["detail"]["where"] == "heatmaps"
+                   for e in attack.node.audit.entries(dataset="study"))
+        search = next(e for e in attack.node.audit.entries(dataset="study") if e["action"] == "catalog.search")
+        assert search["actor"] == "ana" and search["detail"]["query"] == {"text": "sb"}
+    finally:
+        attack.node.governance.set_policy(me, "study", duo_codes=["DUO:0000004"])
+
+
+def test_tokens_and_accounts_over_the_api(attack: Attack) -> None:
+    created = attack.client.post("/api/tokens", json={"label": "notebook", "expires_days": 30},
+                                 headers=attack.as_("ben"))
+    assert created.status_code == 201
+    token, token_id = created.json()["token"], created.json()["id"]
+    listed = attack.client.get("/api/tokens", headers={"Authorization": f"Bearer {token}"}).json()
+    assert {t["label"] for t in listed} >= {"notebook"} and all("token" not in t for t in listed)
+    assert attack.client.post("/api/tokens", json={"expires_days": 3650}, headers=attack.as_("ben")).status_code == 400
+    assert attack.client.delete(f"/api/tokens/{token_id}", headers=attack.as_("ana")).status_code == 404  # not hers
+    assert attack.client.delete(f"/api/tokens/{token_id}", headers=attack.as_("ben")).status_code == 200
+    assert attack.client.get("/api/me", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+    assert attack.client.post("/api/users/ben/disable", headers=attack.as_("ana")).status_code == 403
+    attack.node.identities.add_user(operator(), "root", "administrator")
+    root = {"Authorization": f"Bearer {attack.node.identities.create_token(operator(), 'root')[0]}"}
+    assert attack.client.post("/api/users/ben/disable", headers=root).json()["disabled"] is True
+    assert attack.client.get("/api/me", headers=attack.as_("ben")).status_code == 401
+    assert attack.client.post("/api/users/ben/enable", headers=root).json()["disabled"] is False
+    assert attack.client.get("/api/me", headers=attack.as_("ben")).status_code == 200
+
+
+def test_session_cookies_are_secure_behind_an_https_proxy(attack: Attack, monkeypatch: pytest.MonkeyPatch) -> None:
+    attack.node.identities.add_user(operator(), "cleo", "researcher", password="a long passphrase")
+    body = {"name": "cleo", "password": "a long passphrase"}
+    plain = attack.client.post("/api/session", json=body)
+    assert "secure" not in plain.headers["set-cookie"].lower()
+    monkeypatch.setenv("SLIDEBANK_TRUST_FORWARDED_PROTO", "1")
+    proxied = attack.client.post("/api/session", json=body, headers={"X-Forwarded-Proto": "https"})
+    assert all("secure" in c.lower() for c in proxied.headers.get_list("set-cookie"))

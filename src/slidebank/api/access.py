@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
@@ -12,9 +13,11 @@ from slidebank.access.principal import Principal
 from slidebank.api.schemas import errors
 from slidebank.api.schemas_access import (
     AccessRequest,
+    Account,
     Approval,
     Approved,
     AuditEntry,
+    CreatedToken,
     ErasureReport,
     ErasureRequest,
     LoggedIn,
@@ -22,12 +25,14 @@ from slidebank.api.schemas_access import (
     LogIn,
     Me,
     NewRequest,
+    NewToken,
     Notification,
     Rejected,
     Rejection,
     RequestFiled,
     Revoked,
     SessionsEnded,
+    TokenEntry,
 )
 from slidebank.api.security import (
     CSRF_COOKIE,
@@ -39,6 +44,19 @@ from slidebank.api.security import (
 from slidebank.node import Node
 
 SESSION_SECONDS = SESSION_HOURS * 3600
+
+
+def secure_cookies(request: Request) -> bool:
+    """Whether the browser reached us over HTTPS, so the cookies must be `Secure`. Behind a proxy that
+    ends TLS the request itself is plain HTTP: set SLIDEBANK_SECURE_COOKIES=1, or trust the proxy's
+    X-Forwarded-Proto with SLIDEBANK_TRUST_FORWARDED_PROTO=1 (only where nothing else can reach us)."""
+    if os.environ.get("SLIDEBANK_SECURE_COOKIES", "").lower() in ("1", "true", "yes"):
+        return True
+    if os.environ.get("SLIDEBANK_TRUST_FORWARDED_PROTO", "").lower() in ("1", "true", "yes"):
+        forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+        if forwarded:
+            return forwarded == "https"
+    return request.url.scheme == "https"
 
 
 def access_routes(node: Node, gatekeeper: Gatekeeper) -> APIRouter:
@@ -58,7 +76,7 @@ def access_routes(node: Node, gatekeeper: Gatekeeper) -> APIRouter:
             raise HTTPException(429, str(error), headers={"Retry-After": str(error.retry_after)}) from None
         except AccessError:
             raise HTTPException(401, "wrong name or password") from None
-        secure = request.url.scheme == "https"
+        secure = secure_cookies(request)
         response.set_cookie(SESSION_COOKIE, cookie, max_age=SESSION_SECONDS, httponly=True, secure=secure,
                             samesite="strict")
         response.set_cookie(CSRF_COOKIE, csrf, max_age=SESSION_SECONDS, secure=secure, samesite="strict")
@@ -78,6 +96,33 @@ def access_routes(node: Node, gatekeeper: Gatekeeper) -> APIRouter:
                    summary="End every browser session of a user (self or administrator)")
     def end_sessions(name: str, caller: Principal = Depends(user)) -> dict[str, Any]:
         return {"name": name, "sessions_ended": node.identities.end_sessions(caller, name)}
+
+    @router.get("/api/tokens", response_model=list[TokenEntry], responses=errors(401, 403),
+                summary="The caller's API tokens (administrators: anyone's, with ?user=); never the secrets")
+    def list_tokens(caller: Principal = Depends(user),
+                    name: Annotated[str | None, Query(alias="user", max_length=128)] = None) -> list[dict[str, Any]]:
+        return node.identities.list_tokens(caller, name)
+
+    @router.post("/api/tokens", status_code=201, response_model=CreatedToken, responses=errors(400, 401, 413),
+                 summary="A new API token for the caller (at most a year); the answer is the one time it is shown")
+    def create_token(body: NewToken, caller: Principal = Depends(user)) -> dict[str, Any]:
+        token, entry = node.identities.create_token(caller, caller.name, body.label, body.expires_days)
+        return {**entry, "token": token}
+
+    @router.delete("/api/tokens/{token_id}", response_model=TokenEntry, responses=errors(400, 401, 404),
+                   summary="Revoke a token (one's own; administrators: anyone's); it stops on the next request")
+    def revoke_token(token_id: str, caller: Principal = Depends(user)) -> dict[str, Any]:
+        return node.identities.revoke_token(caller, token_id)
+
+    @router.post("/api/users/{name}/disable", response_model=Account, responses=errors(400, 401, 403),
+                 summary="Disable an account (administrators): its tokens and sessions stop on the next request")
+    def disable_user(name: str, caller: Principal = Depends(user)) -> dict[str, Any]:
+        return node.identities.set_disabled(caller, name, True)
+
+    @router.post("/api/users/{name}/enable", response_model=Account, responses=errors(400, 401, 403),
+                 summary="Enable a disabled account again (administrators)")
+    def enable_user(name: str, caller: Principal = Depends(user)) -> dict[str, Any]:
+        return node.identities.set_disabled(caller, name, False)
 
     @router.get("/api/me", response_model=Me, responses=errors(401),
                 summary="The caller: name, role, readable and stewarded datasets, committees")

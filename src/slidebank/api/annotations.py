@@ -62,7 +62,7 @@ def annotation_routes(node: Node, gatekeeper: Gatekeeper) -> APIRouter:
     @router.get("/api/slides/{slide_id}/annotations/classes", response_model=list[AnnotationClass],
                 responses=errors(401, 404), summary="Classes on the slide, with counts")
     def classes(slide_id: SlideId, caller: Principal = Depends(current)) -> list[dict[str, Any]]:
-        gatekeeper.slide_dataset(caller, slide_id)
+        gatekeeper.read_tile(caller, slide_id, "annotations")  # audited like viewport reads
         return annotations.classes(slide_id)
 
     @router.get("/api/slides/{slide_id}/annotations/density", response_model=Density,

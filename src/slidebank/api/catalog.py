@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query
@@ -16,6 +17,17 @@ from slidebank.catalog import CatalogError, FactCondition, SearchQuery
 from slidebank.node import Node
 from slidebank.slides.stored import read_whole
 
+SIZE_BUCKET = 10  # controlled datasets' sizes, to those who may not read them, in steps of this
+
+
+def public_description(dataset: dict[str, Any], caller: Principal) -> dict[str, Any]:
+    """What anyone may know of a dataset. A controlled dataset the caller may not read shows its terms
+    and its size rounded down to a multiple of SIZE_BUCKET, never what its slides are of: counts per
+    diagnosis compared before and after an erasure would tell the erased person's diagnosis."""
+    if caller.can_read(dataset["name"]):
+        return {**dataset, "images_exact": True}
+    return {**dataset, "images": dataset["images"] // SIZE_BUCKET * SIZE_BUCKET, "images_exact": False}
+
 
 def catalog_routes(node: Node, gatekeeper: Gatekeeper) -> APIRouter:
     router = APIRouter(tags=["catalog"])
@@ -23,22 +35,28 @@ def catalog_routes(node: Node, gatekeeper: Gatekeeper) -> APIRouter:
 
     @router.get("/api/datasets", response_model=list[Dataset],
                 summary="Every dataset: public, dataset-level description")
-    def list_datasets() -> list[dict[str, Any]]:
-        return node.catalog.datasets()
+    def list_datasets(caller: Principal = Depends(current)) -> list[dict[str, Any]]:
+        return [public_description(d, caller) for d in node.catalog.datasets()]
 
-    @router.get("/api/datasets/{name}", response_model=DatasetDetail, responses=errors(404),
-                summary="A dataset with its counts per species, organ, stain, …")
-    def get_dataset(name: str) -> dict[str, Any]:
+    @router.get("/api/datasets/{name}", response_model=DatasetDetail, responses=errors(401, 404),
+                summary="A dataset with its counts per species, organ, stain, … (controlled: for its readers only)")
+    def get_dataset(name: str, caller: Principal = Depends(current)) -> dict[str, Any]:
         dataset = next((d for d in node.catalog.datasets() if d["name"] == name), None)
         if dataset is None:
             raise HTTPException(404, "no such dataset")
+        if not caller.can_read(name):  # the declared description only: counts of slides are about people
+            return {**public_description(dataset, caller), "facets": {}}
         contents = node.catalog.search(SearchQuery(dataset=[name], limit=1))
-        return {**dataset, "facets": {k: v for k, v in contents.facets.items() if k != "dataset"}}
+        gatekeeper.record_listing(caller, "dataset.read", {name: contents.total})
+        return {**dataset, "images_exact": True,
+                "facets": {k: v for k, v in contents.facets.items() if k != "dataset"}}
 
     @router.get("/api/slides", response_model=list[SlideSummary], responses=errors(401),
                 summary="Summaries of the slides the caller may read")
     def list_slides(caller: Principal = Depends(current)) -> list[dict[str, Any]]:
-        return [s for s in node.catalog.list_slides() if caller.can_read(s["dataset"])]
+        slides = [s for s in node.catalog.list_slides() if caller.can_read(s["dataset"])]
+        gatekeeper.record_listing(caller, "slides.list", dict(Counter(s["dataset"] for s in slides)))
+        return slides
 
     @router.get("/api/slides/{slide_id}", response_model=SlideDetail, responses=errors(401, 404),
                 summary="Slide metadata and provenance")
@@ -86,6 +104,10 @@ def catalog_routes(node: Node, gatekeeper: Gatekeeper) -> APIRouter:
                 diagnosis=diagnosis, text=text, limit=limit, offset=offset, visible_datasets=visible,
             )
         )
+        gatekeeper.record_listing(caller, "catalog.search", dict(result.facets.get("dataset", [])),
+                                  query={k: v for k, v in (("dataset", dataset), ("species", species), ("organ", organ),
+                                                           ("stain", stain), ("vendor", vendor), ("diagnosis", diagnosis),
+                                                           ("text", text), ("where", where)) if v})
         return {"total": result.total, "items": result.items, "facets": result.facets}
 
     return router

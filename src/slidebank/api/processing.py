@@ -77,7 +77,7 @@ def processing_routes(node: Node, gatekeeper: Gatekeeper) -> APIRouter:
     @router.get("/api/slides/{slide_id}/heatmaps", response_model=list[Heatmap], responses=errors(401, 404),
                 summary="The slide's heatmaps (QC masks, scores)")
     def list_heatmaps(slide_id: SlideId, caller: Principal = Depends(current)) -> list[dict[str, Any]]:
-        gatekeeper.slide_dataset(caller, slide_id)
+        gatekeeper.read_tile(caller, slide_id, "heatmaps")
         return node.annotations.heatmaps(slide_id)
 
     @router.get("/api/slides/{slide_id}/heatmaps/{heatmap}.png", response_class=Response,

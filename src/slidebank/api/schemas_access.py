@@ -36,6 +36,11 @@ class Rejection(BaseModel):
     reason: str = Field(min_length=1, max_length=4000)
 
 
+class NewToken(BaseModel):
+    label: str = Field(default="token", min_length=1, max_length=128)
+    expires_days: int = Field(default=90, ge=1, le=365, description="At most a year")
+
+
 class ErasureRequest(BaseModel):
     subject: str = Field(min_length=1, max_length=255, description="The subject's pseudonym (SUBJ-…)")
 
@@ -62,6 +67,33 @@ class LoggedOut(TypedDict):
 class SessionsEnded(TypedDict):
     name: str
     sessions_ended: int
+
+
+@wire
+class TokenEntry(TypedDict):
+    """A token as listed: its id (the first 12 hex digits of its digest), never the secret."""
+
+    id: str
+    user: str
+    label: str
+    created_at: Timestamp
+    expires_at: Timestamp | None
+    revoked_at: Timestamp | None
+
+
+@wire
+class CreatedToken(TokenEntry):
+    token: Annotated[str, Field(description="The bearer token, shown this once")]
+
+
+@wire
+class Account(TypedDict):
+    name: str
+    role: Role
+    uuid: str
+    disabled: bool
+    organisation: str | None
+    identity_provider: Annotated[str | None, Field(description="The OIDC issuer, for accounts from one")]
 
 
 @wire

@@ -37,7 +37,9 @@ class Dataset(TypedDict):
     terms: Annotated[str | None, Field(description="The policy's free text")]
     data_use: Annotated[list[str], Field(description="GA4GH DUO codes, e.g. DUO:0000004 (no restriction)")]
     organisation: str
-    images: int
+    images: Annotated[int, Field(description="Images in the dataset; see images_exact")]
+    images_exact: Annotated[bool, Field(description="False: a controlled dataset the caller may not read, its size "
+                                                    "rounded down to a multiple of 10")]
     created_at: Timestamp
 
 

@@ -166,6 +166,14 @@ class Gatekeeper:
         self._audit.record_tile_read(principal.name, dataset, slide_id, where, principal.grants.get(dataset))
         return dataset
 
+    def record_listing(self, principal: Principal, action: str, matches: dict[str, int], **detail: object) -> None:
+        """Audit a listing or search that showed controlled data: one entry per controlled dataset it
+        counted or listed (open data is public), so each committee sees it in its dataset's audit."""
+        for dataset, count in sorted(matches.items()):
+            if count and not self.is_open(dataset):
+                self._audit.record(principal.name, action, dataset=dataset, grant=principal.grants.get(dataset),
+                                   detail={"matches": count, **detail})
+
     def may_view(self, request: Request, slide_id: str) -> bool:
         """Whether the caller of a page request may read the slide (the viewer page asks)."""
         try:

@@ -27,7 +27,7 @@ export async function showAccessPanel(me, onChange) {
   const list = element("ul", { class: "datasets" });
   for (const dataset of datasets) {
     const item = element("li", { "data-dataset": dataset.name },
-      element("strong", {}, dataset.name), ` · ${dataset.images} slide${dataset.images === 1 ? "" : "s"}`,
+      element("strong", {}, dataset.name), ` · ${slideCount(dataset)}`,
       element("div", { class: "muted" }, dataset.terms || dataset.policy));
     const open = readable === null || readable.has(dataset.name);
     if (me.role && !open) {
@@ -70,4 +70,12 @@ function decisionForm(request, onChange) {
   });
   return element("li", { "data-request": request.id },
     `${request.user} → ${request.dataset}: ${request.purpose}`, element("br"), expires, approve, reason, reject);
+}
+
+/** A dataset's size as the server may tell it: exact, or (controlled, not readable) rounded down. */
+function slideCount(dataset) {
+  if (!dataset.images_exact) {
+    return dataset.images === 0 ? "fewer than 10 slides" : `${dataset.images} or more slides`;
+  }
+  return `${dataset.images} slide${dataset.images === 1 ? "" : "s"}`;
 }
