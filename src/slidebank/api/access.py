@@ -97,7 +97,7 @@ def access_routes(node: Node, gatekeeper: Gatekeeper) -> APIRouter:
     def end_sessions(name: str, caller: Principal = Depends(user)) -> dict[str, Any]:
         return {"name": name, "sessions_ended": node.identities.end_sessions(caller, name)}
 
-    @router.get("/api/tokens", response_model=list[TokenEntry], responses=errors(401, 403),
+    @router.get("/api/tokens", response_model=list[TokenEntry], responses=errors(400, 401, 403),
                 summary="The caller's API tokens (administrators: anyone's, with ?user=); never the secrets")
     def list_tokens(caller: Principal = Depends(user),
                     name: Annotated[str | None, Query(alias="user", max_length=128)] = None) -> list[dict[str, Any]]:

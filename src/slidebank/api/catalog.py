@@ -33,7 +33,7 @@ def catalog_routes(node: Node, gatekeeper: Gatekeeper) -> APIRouter:
     router = APIRouter(tags=["catalog"])
     current = principal_dependency(gatekeeper)
 
-    @router.get("/api/datasets", response_model=list[Dataset],
+    @router.get("/api/datasets", response_model=list[Dataset], responses=errors(401),
                 summary="Every dataset: public, dataset-level description")
     def list_datasets(caller: Principal = Depends(current)) -> list[dict[str, Any]]:
         return [public_description(d, caller) for d in node.catalog.datasets()]
