@@ -6,6 +6,8 @@ Serves the catalog as JSON (slides, datasets, search with facets), the pixel rou
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
@@ -35,11 +37,20 @@ DOCS_STATIC = "/static/vendor/docs"  # Swagger UI and ReDoc, copied from npm at 
 
 def create_app(node: Node | None = None) -> FastAPI:
     node = node or Node.open()
-    # No route takes more than a short JSON document; uploads go through `slidebank ingest`.
-    app = FastAPI(title="Slidebank", version=__version__, max_body_size=MAX_BODY_BYTES, docs_url=None,
-                  redoc_url=None)
     gatekeeper = Gatekeeper(node.identities, node.catalog, node.audit, node.governance_watch,
                             OidcVerifier.from_environment())
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        stop = watch_governance(gatekeeper.sync)  # per server process, after Granian forked it
+        try:
+            yield
+        finally:
+            stop.set()
+
+    # No route takes more than a short JSON document; uploads go through `slidebank ingest`.
+    app = FastAPI(title="Slidebank", version=__version__, max_body_size=MAX_BODY_BYTES, docs_url=None,
+                  redoc_url=None, lifespan=lifespan)
     tiles = TileService(node.catalog, node.open_blob)
     gatekeeper.on_governance_change(tiles.evict_missing)  # erased slides: files closed, keys dropped
     app.state.gatekeeper, app.state.tiles = gatekeeper, tiles
@@ -52,7 +63,6 @@ def create_app(node: Node | None = None) -> FastAPI:
     app.add_middleware(DeepZoomFastPath, tiles=tiles, gatekeeper=gatekeeper)
     app.add_middleware(SecurityHeaders)
     app.add_middleware(HeadAsGet)  # outermost: a HEAD of a tile takes the fast path too
-    app.state.stop_watch = watch_governance(gatekeeper.sync)
 
     @app.get("/healthz", response_model=Health, summary="The server answers, and its version")
     def health() -> dict[str, str]:
