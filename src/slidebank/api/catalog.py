@@ -12,7 +12,7 @@ from slidebank.access.principal import Principal
 from slidebank.api.schemas import errors
 from slidebank.api.schemas_catalog import Dataset, DatasetDetail, SearchResult, SlideDetail, SlideSummary
 from slidebank.api.security import Gatekeeper, principal_dependency
-from slidebank.api.tiles import SlideId
+from slidebank.api.tiles import CONTROLLED_CACHE_CONTROL, OPEN_CACHE_CONTROL, SlideId
 from slidebank.catalog import CatalogError, FactCondition, SearchQuery
 from slidebank.node import Node
 from slidebank.slides.stored import read_whole
@@ -71,12 +71,13 @@ def catalog_routes(node: Node, gatekeeper: Gatekeeper) -> APIRouter:
                 responses={200: {"content": {"image/jpeg": {}}, "description": "A JPEG, at most 512 px"},
                            **errors(401, 404)})
     def thumbnail(slide_id: SlideId, caller: Principal = Depends(current)) -> Response:
-        gatekeeper.read_slide(caller, slide_id, "thumbnail.read")
+        dataset = gatekeeper.read_slide(caller, slide_id, "thumbnail.read")
         thumbnail = next((f for f in node.catalog.stored_files(slide_id) if f.role == "thumbnail"), None)
         if thumbnail is None:
             raise HTTPException(404, "no such slide")
         content = read_whole(thumbnail, node.open_blob)
-        return Response(content, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+        cache = OPEN_CACHE_CONTROL if gatekeeper.is_open(dataset) else CONTROLLED_CACHE_CONTROL
+        return Response(content, media_type="image/jpeg", headers={"Cache-Control": cache})
 
     @router.get("/api/search", response_model=SearchResult, responses=errors(400, 401),
                 summary="Faceted search over the slides the caller may read")
