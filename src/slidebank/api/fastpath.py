@@ -18,11 +18,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from slidebank.api.security import SESSION_COOKIE, Gatekeeper
 from slidebank.api.tiles import CORS, caching_headers, not_modified
+from slidebank.catalog.identifiers import SLIDE_ID_CHARACTERS
 from slidebank.tiles.deepzoom import passes_through
 from slidebank.tiles.service import TileService
 
 TILE_PATH = re.compile(
-    r"^/slides/(?P<slide_id>[A-Za-z0-9][A-Za-z0-9._-]{0,63})_files/"
+    rf"^/slides/(?P<slide_id>{SLIDE_ID_CHARACTERS})_files/"
     r"(?P<level>\d{1,2})/(?P<col>\d{1,9})_(?P<row>\d{1,9})\.(?P<extension>jpeg|jpg)$"
 )
 

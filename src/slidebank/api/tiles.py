@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from slidebank.access.principal import Principal
 from slidebank.api.schemas import errors
 from slidebank.api.security import Gatekeeper, principal_dependency
+from slidebank.catalog.identifiers import SLIDE_ID_REGEX
 from slidebank.tiles.deepzoom import dzi_xml
 from slidebank.tiles.encode import MEDIA_TYPES
 from slidebank.tiles.iiif import PROFILE_URI, info_json
@@ -27,7 +28,7 @@ from slidebank.tiles.service import TileService
 
 OPEN_CACHE_CONTROL = "public, max-age=3600"
 CONTROLLED_CACHE_CONTROL = "private, max-age=60, must-revalidate"
-SlideId = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="Slide identifier")]
+SlideId = Annotated[str, Path(pattern=SLIDE_ID_REGEX, description="Slide identifier")]
 CORS = {"Access-Control-Allow-Origin": "*"}  # IIIF clients (Mirador, OpenSeadragon) run on other origins
 IIIF_HEADERS = {**CORS, "Link": f'<{PROFILE_URI}>;rel="profile"'}
 IIIF_JSON_LD = 'application/ld+json;profile="http://iiif.io/api/image/3/context.json"'
