@@ -76,9 +76,18 @@ def site(tmp_path_factory: pytest.TempPathFactory, aperio_slide, generic_slide) 
         yield Site(base, home, restricted["slide_id"], public["slide_id"], tokens, grant.stdout.strip())
 
 
+QUERY_VALUES = {"level": "0", "tiles": "0_0"}  # for the routes' required query parameters
+
+
 def documented_get_routes(site: Site) -> list[str]:
+    """Every documented GET route, with its required query parameters filled in."""
     paths = httpx.get(f"{site.base}/openapi.json").json()["paths"]
-    return [path for path, operations in paths.items() if "get" in operations]
+    routes = []
+    for path, operations in paths.items():
+        if "get" in operations:
+            required = [p["name"] for p in operations["get"].get("parameters", []) if p["in"] == "query" and p.get("required")]
+            routes.append(path + ("?" + "&".join(f"{name}={QUERY_VALUES[name]}" for name in required) if required else ""))
+    return routes
 
 
 def fill(path: str, slide_id: str) -> str:

@@ -12,6 +12,7 @@ SOURCE = Path(__file__).resolve().parents[1] / "src" / "slidebank"
 
 # Top to bottom. A package may import only packages of layers below its own.
 LAYERS: list[set[str]] = [
+    {"client"},  # the SDK: over HTTP, or on a local node through the API app
     {"cli", "api"},  # front ends
     {"web"},  # pages the API serves
     {"ingest", "processing"},  # runners: batch ingest and job workers open the node themselves
@@ -23,7 +24,7 @@ LAYERS: list[set[str]] = [
     {"audit", "qc", "synth", "storage"},
     {"db"},  # engines, tables, migrations, the unit of work
 ]
-MAY_OPEN_THE_NODE = {"cli", "api", "ingest", "processing"}
+MAY_OPEN_THE_NODE = {"client", "cli", "api", "ingest", "processing"}
 
 
 def package_imports() -> dict[str, set[tuple[str, str]]]:

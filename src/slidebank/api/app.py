@@ -21,7 +21,8 @@ from slidebank.api.access import access_routes
 from slidebank.api.annotations import annotation_routes
 from slidebank.api.catalog import catalog_routes
 from slidebank.api.errors import install_error_handlers
-from slidebank.api.fastpath import DeepZoomFastPath
+from slidebank.api.fastpath import PixelFastPath
+from slidebank.api.frames import frame_routes
 from slidebank.api.middleware import HeadAsGet, SecurityHeaders, watch_governance
 from slidebank.api.processing import processing_routes
 from slidebank.api.schemas import Health
@@ -59,8 +60,9 @@ def create_app(node: Node | None = None) -> FastAPI:
     app.include_router(annotation_routes(node, gatekeeper))
     app.include_router(processing_routes(node, gatekeeper))
     app.include_router(tile_routes(tiles, gatekeeper))
+    app.include_router(frame_routes(tiles, gatekeeper))
     install_error_handlers(app)
-    app.add_middleware(DeepZoomFastPath, tiles=tiles, gatekeeper=gatekeeper)
+    app.add_middleware(PixelFastPath, tiles=tiles, gatekeeper=gatekeeper)
     app.add_middleware(SecurityHeaders)
     app.add_middleware(HeadAsGet)  # outermost: a HEAD of a tile takes the fast path too
 

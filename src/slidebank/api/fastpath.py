@@ -1,74 +1,113 @@
-"""A pure-ASGI front for the request a viewer sends hundreds of times a second: a stored Deep Zoom tile.
+"""A pure-ASGI front for the requests sent hundreds of times a second: stored Deep Zoom tiles (viewers)
+and small batches of stored frames (the SDK's patch reads).
 
 FastAPI's routing, validation and thread-pool hop cost ~10× more than reading a stored frame
-(~20 µs from the page cache). For a GET of a Deep Zoom tile of a stored level of a slide already
-open in this process, this layer answers directly from the same tile service and the same caching
-rules as the documented route in `api/tiles.py`. Everything else (first touch of a slide,
-rendered levels, errors, HEAD, bad credentials) falls through to FastAPI, which is the
-reference behaviour. Access is checked and audited by the same `Gatekeeper` as every route.
+(~20 µs from the page cache). For a GET of a Deep Zoom tile of a stored level, or of at most
+FAST_FRAMES stored frames, of a slide already open in this process, this layer answers directly
+from the same tile service and the same caching rules as the documented routes (`api/tiles.py`,
+`api/frames.py`). Everything else (first touch of a slide, rendered levels, larger batches, errors,
+HEAD, bad credentials, an audit entry due) falls through to FastAPI, which is the reference
+behaviour. Access is checked and audited by the same `Gatekeeper` as every route.
 """
 
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote
 
 from fastapi import HTTPException
 from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from slidebank.api.frames import frames_answer
 from slidebank.api.security import SESSION_COOKIE, Gatekeeper
 from slidebank.api.tiles import CORS, caching_headers, not_modified
 from slidebank.catalog.identifiers import SLIDE_ID_CHARACTERS
 from slidebank.tiles.deepzoom import passes_through
+from slidebank.tiles.pyramid import SlidePyramid
 from slidebank.tiles.service import TileService
 
 TILE_PATH = re.compile(
     rf"^/slides/(?P<slide_id>{SLIDE_ID_CHARACTERS})_files/"
     r"(?P<level>\d{1,2})/(?P<col>\d{1,9})_(?P<row>\d{1,9})\.(?P<extension>jpeg|jpg)$"
 )
+FRAMES_PATH = re.compile(rf"^/api/slides/(?P<slide_id>{SLIDE_ID_CHARACTERS})/frames$")
+FAST_FRAMES = 16  # more frames are read off the event loop, by the documented route
+_TILE = r"\d{1,9}_\d{1,9}"
+FRAMES_QUERY = re.compile(rf"^level=(?P<level>\d{{1,2}})&tiles=(?P<tiles>{_TILE}(?:,{_TILE}){{0,{FAST_FRAMES - 1}}})$")
 
 
-class DeepZoomFastPath:
+class PixelFastPath:
     def __init__(self, app: ASGIApp, tiles: TileService, gatekeeper: Gatekeeper) -> None:
         self.app = app
         self.tiles = tiles
         self.gatekeeper = gatekeeper
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        match = TILE_PATH.match(scope["path"]) if scope["type"] == "http" and scope["method"] == "GET" else None
-        pyramid = self.tiles.open_pyramid(match["slide_id"]) if match else None
-        if match is None or pyramid is None or not passes_through(pyramid, int(match["level"]), match["extension"]):
+        answer = None
+        if scope["type"] == "http" and scope["method"] == "GET":
+            if (tile := TILE_PATH.match(scope["path"])) is not None:
+                answer = self._deepzoom_tile(scope, tile)
+            elif (frames := FRAMES_PATH.match(scope["path"])) is not None:
+                answer = self._frames(scope, frames)
+        if answer is None:
             await self.app(scope, receive, send)
             return
+        status, headers, body = answer
+        raw = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
+        raw.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": body})
+
+    def _deepzoom_tile(self, scope: Scope, match: re.Match[str]) -> tuple[int, dict[str, str], bytes] | None:
+        pyramid = self.tiles.open_pyramid(match["slide_id"])
         level, col, row = int(match["level"]), int(match["col"]), int(match["row"])
+        if pyramid is None or not passes_through(pyramid, level, match["extension"]):
+            return None
+        checked = self._checked(scope, pyramid, match["slide_id"], f"deepzoom level {level}", scope["path"], CORS)
+        if checked is None or checked[0] == 304:
+            return checked
+        try:
+            tile = self.tiles.deepzoom_tile(match["slide_id"], level, col, row, match["extension"])
+        except LookupError:  # outside the grid: let the documented route give the 404
+            return None
+        return 200, {**checked[1], "Content-Type": "image/jpeg"}, tile.content
+
+    def _frames(self, scope: Scope, match: re.Match[str]) -> tuple[int, dict[str, str], bytes] | None:
+        query = FRAMES_QUERY.match(unquote(scope["query_string"].decode("latin-1")))
+        pyramid = self.tiles.open_pyramid(match["slide_id"])
+        if query is None or pyramid is None:
+            return None
+        level = int(query["level"])
+        path = f"{scope['path']}?{scope['query_string'].decode('latin-1')}"
+        checked = self._checked(scope, pyramid, match["slide_id"], f"frames level {level}", path, None)
+        if checked is None or checked[0] == 304:
+            return checked
+        slide = pyramid.slide
+        try:
+            media_type = slide.frame_encoding(level).media_type
+            parts = [slide.read_encoded_tile(level, *map(int, tile.split("_")), crop_to_level=False)
+                     for tile in query["tiles"].split(",")]
+        except IndexError:  # outside the pyramid: the documented route explains
+            return None
+        body, content_type = frames_answer(parts, media_type)
+        return 200, {**checked[1], "Content-Type": content_type}, body
+
+    def _checked(self, scope: Scope, pyramid: SlidePyramid, slide_id: str, where: str, path: str,
+                 extra: dict[str, str] | None) -> tuple[int, dict[str, str], bytes] | None:
+        """(304, headers, b"") or (200, headers, b"") once access is checked and audited; None to fall through."""
         request_headers = {
             k: v.decode("latin-1") for k, v in scope["headers"] if k in (b"authorization", b"if-none-match", b"cookie")
         }
         session = cookie_parser(request_headers.get(b"cookie", "")).get(SESSION_COOKIE)
-        where = f"deepzoom level {level}"
         try:
             principal = self.gatekeeper.principal_from_header(request_headers.get(b"authorization"), session)
-            if not self.gatekeeper.tile_read_logged(principal, match["slide_id"], where):
+            if not self.gatekeeper.tile_read_logged(principal, slide_id, where):
                 raise LookupError("audit entry due")  # written by the documented route, off the event loop
-            dataset = self.gatekeeper.read_tile(principal, match["slide_id"], where)
+            dataset = self.gatekeeper.read_tile(principal, slide_id, where)
         except (HTTPException, LookupError):  # 401 / 404 / audit due: the documented route answers
-            await self.app(scope, receive, send)
-            return
-        headers = caching_headers(pyramid, scope["path"], self.gatekeeper.is_open(dataset), CORS)
-        if_none_match = request_headers.get(b"if-none-match")
-        if not_modified(headers, if_none_match):
-            await _respond(send, 304, headers, b"")
-            return
-        try:
-            tile = self.tiles.deepzoom_tile(match["slide_id"], level, col, row, match["extension"])
-        except LookupError:  # outside the grid: let the documented route give the 404
-            await self.app(scope, receive, send)
-            return
-        await _respond(send, 200, {**headers, "Content-Type": "image/jpeg"}, tile.content)
-
-
-async def _respond(send: Send, status: int, headers: dict[str, str], body: bytes) -> None:
-    raw = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
-    raw.append((b"content-length", str(len(body)).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
+            return None
+        headers = caching_headers(pyramid, path, self.gatekeeper.is_open(dataset), extra)
+        if not_modified(headers, request_headers.get(b"if-none-match")):
+            return 304, headers, b""
+        return 200, headers, b""

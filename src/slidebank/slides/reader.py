@@ -51,6 +51,8 @@ import pydicom
 from cachetools import LRUCache
 from PIL import Image
 
+from slidebank.slides.frames import JPEG_BASELINE, FrameEncoding
+
 if TYPE_CHECKING:
     from wsidicom import WsiDicom
 
@@ -65,6 +67,11 @@ __all__ = [
     "FrameCache",
     "StoredSlide",
     "StoredSlideError",
+    "as_rgb",
+    "NotDirectFrame",
+    "decode_jpeg_frame",
+    "JPEG_BASELINE",
+    "level_coordinate",
 ]
 
 # openslide-python's property names, so code written for OpenSlide reads them unchanged.
@@ -75,7 +82,6 @@ PROPERTY_NAME_OBJECTIVE_POWER = "openslide.objective-power"
 PROPERTY_NAME_LEVEL_COUNT = "openslide.level-count"
 VENDOR = "slidebank"
 
-JPEG_BASELINE = "1.2.840.10008.1.2.4.50"  # frames are complete baseline JPEG files
 _FAST_PHOTOMETRIC = frozenset({"YBR_FULL_422", "YBR_FULL", "RGB"})
 _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
 _ITEM_TAG = b"\xfe\xff\x00\xe0"
@@ -92,7 +98,7 @@ class StoredSlideError(Exception):
     """The stored files are not a readable slide (no pyramid, damaged frame table or frame)."""
 
 
-class _NotFast(Exception):
+class NotDirectFrame(Exception):
     """This level (or frame) cannot use the direct JPEG path; read it through wsidicom."""
 
 
@@ -245,6 +251,32 @@ _turbo: _TurboJpeg | None = None
 _turbo_lock = threading.Lock()
 
 
+def decode_jpeg_frame(data: bytes | memoryview, width: int, height: int, rows: int | None = None,
+                      channels: int = 3, out: np.ndarray | None = None) -> np.ndarray:
+    """At least the top `rows` rows (default: all) of a `width` x `height` baseline JPEG frame, decoded
+    as the direct path decodes (libjpeg-turbo, accurate IDCT): only down to the rows needed when the
+    JPEG allows it, or the whole frame into `out`. Every row returned is exact.
+
+    Raises NotDirectFrame when the frame is not a JPEG of that size (wsidicom must read it).
+    """
+    frame_width, frame_height, height_at, shortenable = _jpeg_geometry(data, 0)
+    if (frame_width, frame_height) != (width, height):
+        raise NotDirectFrame(f"a frame is {frame_width}x{frame_height}, tiles are {width}x{height}")
+    encoded = np.frombuffer(data, np.uint8)
+    rows = height if rows is None else rows
+    decoded = rows + _CONTEXT_ROWS  # the last rows of a cut decode lack their chroma neighbours
+    if out is None and decoded < height and shortenable:
+        encoded = encoded.copy()
+        encoded[height_at : height_at + 2] = (decoded >> 8, decoded & 0xFF)
+        out = np.empty((decoded, width, channels), np.uint8)
+        _turbojpeg().decode_into(encoded, out)
+        return out[:rows]
+    if out is None:
+        out = np.empty((height, width, channels), np.uint8)
+    _turbojpeg().decode_into(encoded, out)
+    return out
+
+
 def _turbojpeg() -> _TurboJpeg:
     global _turbo
     if _turbo is None:
@@ -263,12 +295,12 @@ def _jpeg_geometry(data: bytes | memoryview, start: int) -> tuple[int, int, int,
     view = data
     position = start + 2
     if view[start] != 0xFF or view[start + 1] != 0xD8:
-        raise _NotFast("frame is not a JPEG (no SOI)")
+        raise NotDirectFrame("frame is not a JPEG (no SOI)")
     sof = None
     components = 0
     while position + 4 <= len(view):
         if view[position] != 0xFF:
-            raise _NotFast("malformed JPEG header")
+            raise NotDirectFrame("malformed JPEG header")
         marker = view[position + 1]
         if marker == 0xFF:  # fill byte
             position += 1
@@ -280,12 +312,12 @@ def _jpeg_geometry(data: bytes | memoryview, start: int) -> tuple[int, int, int,
             sof = (width, height, position + 5, marker in (0xC0, 0xC1))
         elif marker == 0xDA:  # start of scan
             if sof is None:
-                raise _NotFast("JPEG scan before its frame header")
+                raise NotDirectFrame("JPEG scan before its frame header")
             width, height, height_at, sequential = sof
             interleaved = view[position + 4] == components
             return width, height, height_at - start, sequential and interleaved
         position += 2 + length
-    raise _NotFast("JPEG header has no scan")
+    raise NotDirectFrame("JPEG header has no scan")
 
 
 # --------------------------------------------------------------------------------------------
@@ -311,7 +343,7 @@ class _FrameTable:
             pieces.append(memoryview(raw)[position + _ITEM_HEADER : position + _ITEM_HEADER + length])
             position += _ITEM_HEADER + length
         if position != size or len(raw) != size or not pieces:
-            raise _NotFast(f"frame {index}: the offset table does not match the items")
+            raise NotDirectFrame(f"frame {index}: the offset table does not match the items")
         return pieces[0] if len(pieces) == 1 else memoryview(b"".join(pieces))
 
 
@@ -378,7 +410,7 @@ def _build_table(level: _Level) -> _FrameTable:
     assert blob is not None
     header = blob.pread(level.pixel_data, _PIXEL_DATA_HEADER + _ITEM_HEADER)
     if header[:4] != _PIXEL_DATA_TAG or header[8:12] != _UNDEFINED_LENGTH or header[12:16] != _ITEM_TAG:
-        raise _NotFast("pixel data is not encapsulated as expected")
+        raise NotDirectFrame("pixel data is not encapsulated as expected")
     (bot_length,) = struct.unpack_from("<I", header, 16)
     first_item = level.pixel_data + _PIXEL_DATA_HEADER + _ITEM_HEADER + bot_length
     offsets = None
@@ -389,7 +421,7 @@ def _build_table(level: _Level) -> _FrameTable:
                                 "<u4").astype(np.int64)
     if offsets is not None:
         if len(offsets) != frames or (frames > 1 and (np.diff(offsets) <= _ITEM_HEADER).any()):
-            raise _NotFast("the offset table does not list every frame in order")
+            raise NotDirectFrame("the offset table does not list every frame in order")
         positions = offsets + first_item
         last = _items(blob, int(positions[-1]))
         lengths = np.empty(frames, np.int64)
@@ -400,7 +432,7 @@ def _build_table(level: _Level) -> _FrameTable:
     if len(items) == frames:
         return _FrameTable([start for start, _, _ in items], [size for _, size, _ in items])
     if len(items) < frames:
-        raise _NotFast(f"{len(items)} fragments for {frames} frames")
+        raise NotDirectFrame(f"{len(items)} fragments for {frames} frames")
     starts: list[int] = []
     sizes: list[int] = []
     for start, size, opens_jpeg in items:
@@ -408,10 +440,10 @@ def _build_table(level: _Level) -> _FrameTable:
             starts.append(start)
             sizes.append(0)
         elif not starts:
-            raise _NotFast("the first fragment does not start a JPEG")
+            raise NotDirectFrame("the first fragment does not start a JPEG")
         sizes[-1] += size
     if len(starts) != frames:
-        raise _NotFast(f"{len(starts)} JPEG frames found in {len(items)} fragments, {frames} expected")
+        raise NotDirectFrame(f"{len(starts)} JPEG frames found in {len(items)} fragments, {frames} expected")
     return _FrameTable(starts, sizes)
 
 
@@ -424,7 +456,7 @@ def _items(blob: BlobFile, position: int) -> list[tuple[int, int, bool]]:
         if head[:4] == _SEQUENCE_END:
             return items
         if len(head) < _ITEM_HEADER or head[:4] != _ITEM_TAG:
-            raise _NotFast(f"neither an item nor the end of the pixel data at byte {position}")
+            raise NotDirectFrame(f"neither an item nor the end of the pixel data at byte {position}")
         (length,) = struct.unpack_from("<I", head, 4)
         items.append((position, _ITEM_HEADER + length, head[_ITEM_HEADER : _ITEM_HEADER + 2] == b"\xff\xd8"))
         position += _ITEM_HEADER + length
@@ -610,7 +642,7 @@ class StoredSlide:
                 if crop_to_level and (width, height) != (stored.tile_width, stored.tile_height):
                     return _lossless_crop(bytes(data), width, height)
                 return bytes(data)
-            except _NotFast as reason:
+            except NotDirectFrame as reason:
                 self._demote(stored, str(reason))
         wsi = self._wsidicom()
         return wsi.read_encoded_tile(
@@ -624,6 +656,19 @@ class StoredSlide:
         x, y = column * stored.tile_width, row * stored.tile_height
         width, height = min(stored.tile_width, stored.width - x), min(stored.tile_height, stored.height - y)
         return self._read(level, x, y, width, height, 3, None)
+
+    def frame_encoding(self, level: int) -> FrameEncoding:
+        """How the stored frames of `level` are encoded: what a remote reader needs to decode them."""
+        stored = self._level(level)
+        dataset = stored.dataset
+        return FrameEncoding(
+            transfer_syntax=stored.transfer_syntax,
+            photometric=str(dataset.get("PhotometricInterpretation", "RGB")),
+            samples_per_pixel=int(dataset.get("SamplesPerPixel", 3)),
+            bits_stored=int(dataset.get("BitsStored", 8)),
+            tile_width=stored.tile_width,
+            tile_height=stored.tile_height,
+        )
 
     @property
     def fast_levels(self) -> tuple[bool, ...]:
@@ -675,7 +720,7 @@ class StoredSlide:
         downsample = self._level(level).downsample
         if level == 0:
             return int(location[0]), int(location[1])
-        return _level_coordinate(location[0], downsample), _level_coordinate(location[1], downsample)
+        return level_coordinate(location[0], downsample), level_coordinate(location[1], downsample)
 
     @staticmethod
     def _check_tile(level: _Level, column: int, row: int) -> None:
@@ -704,7 +749,7 @@ class StoredSlide:
             try:
                 self._read_frames(stored, x, y, left, top, right, bottom, out)
                 return out
-            except _NotFast as reason:
+            except NotDirectFrame as reason:
                 self._demote(stored, str(reason))
         self._read_wsidicom(stored, x, y, left, top, right, bottom, out)
         return out
@@ -737,25 +782,9 @@ class StoredSlide:
                     target[...] = frame[y0:y1, x0:x1]
 
     def _decode(self, level: _Level, index: int, rows: int, channels: int, out: np.ndarray | None) -> np.ndarray:
-        """At least the top `rows` rows of frame `index`, decoded: all of them when it cannot be
-        cut exactly, or into `out` (then the whole frame). Every row returned is exact.
-        """
-        data = self._encoded_frame(level, index)
-        width, height, height_at, shortenable = _jpeg_geometry(data, 0)
-        if (width, height) != (level.tile_width, level.tile_height):
-            raise _NotFast(f"frame {index} is {width}x{height}, tiles are {level.tile_width}x{level.tile_height}")
-        encoded = np.frombuffer(data, np.uint8)
-        decoded = rows + _CONTEXT_ROWS  # the last rows of a cut decode lack their chroma neighbours
-        if out is None and decoded < height and shortenable:
-            encoded = encoded.copy()
-            encoded[height_at : height_at + 2] = (decoded >> 8, decoded & 0xFF)
-            out = np.empty((decoded, width, channels), np.uint8)
-            _turbojpeg().decode_into(encoded, out)
-            return out[:rows]
-        if out is None:
-            out = np.empty((height, width, channels), np.uint8)
-        _turbojpeg().decode_into(encoded, out)
-        return out
+        """At least the top `rows` rows of frame `index`, decoded (see `decode_jpeg_frame`)."""
+        return decode_jpeg_frame(self._encoded_frame(level, index), level.tile_width, level.tile_height, rows,
+                                 channels, out)
 
     def _encoded_frame(self, level: _Level, index: int) -> memoryview:
         """The JPEG bytes of a frame (one positioned read), checked against its item headers."""
@@ -799,7 +828,7 @@ class StoredSlide:
                        out: np.ndarray) -> None:
         wsi = self._wsidicom()
         image = wsi.read_region((left, top), self._wsi_level(level), (right - left, bottom - top))
-        pixels = _as_rgb(image, int(level.dataset.get("BitsStored", 8)))
+        pixels = as_rgb(image, int(level.dataset.get("BitsStored", 8)))
         target = out[top - y : bottom - y, left - x : right - x]
         if out.shape[2] == 4:
             target[..., :3] = pixels
@@ -812,7 +841,7 @@ class StoredSlide:
 # Helpers
 
 
-def _level_coordinate(value: float, downsample: float) -> int:
+def level_coordinate(value: float, downsample: float) -> int:
     """The level pixel for a level-0 coordinate, as close to OpenSlide as whole pixels get.
 
     OpenSlide paints a level at `value / downsample` (interpolating between pixels when that is
@@ -847,7 +876,7 @@ def _lossless_crop(jpeg: bytes, width: int, height: int) -> bytes:
     return bytes(_transformer.crop(jpeg, 0, 0, width, height))
 
 
-def _as_rgb(image: Image.Image, bits_stored: int) -> np.ndarray:
+def as_rgb(image: Image.Image, bits_stored: int) -> np.ndarray:
     """A wsidicom region as 8-bit RGB: grey replicated, 16-bit grey scaled to its top 8 bits."""
     if image.mode in ("I", "I;16", "I;16B", "I;16L") or bits_stored > 8:
         grey = np.asarray(image).astype(np.int64) >> max(bits_stored - 8, 0)
