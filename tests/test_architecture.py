@@ -12,8 +12,10 @@ SOURCE = Path(__file__).resolve().parents[1] / "src" / "slidebank"
 
 # Top to bottom. A package may import only packages of layers below its own.
 LAYERS: list[set[str]] = [
+    {"cli"},  # the command line (it runs exports through the SDK)
+    {"patches"},  # training data: sampling, labels, PyTorch datasets, export
     {"client"},  # the SDK: over HTTP, or on a local node through the API app
-    {"cli", "api"},  # front ends
+    {"api"},  # the HTTP front end
     {"web"},  # pages the API serves
     {"ingest", "processing"},  # runners: batch ingest and job workers open the node themselves
     {"node"},  # the composition root

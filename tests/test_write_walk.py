@@ -95,6 +95,9 @@ WRITES = [
     Write("POST", "/api/jobs", frozenset({"ana", "steward", "root"}),
           body=lambda w: {"algorithm": "tissue", "slides": [w.slide]},
           unchanged=lambda w: len(w.node.jobs.list(limit=1000))),
+    Write("POST", "/api/patch-exports", frozenset({"ana"}),  # a grant is needed: reading rights are not a purpose
+          body=lambda w: {"slides": [w.slide], "parameters": {}},
+          unchanged=lambda w: sum(e["action"] == "patches.export" for e in w.node.audit.entries())),
     Write("POST", "/api/erasures", frozenset({"steward", "root"}),
           body=lambda w: {"subject": w.node.catalog.get_slide(w.doomed)["subject"]},  # type: ignore[index]
           unchanged=lambda w: w.node.catalog.slide_exists(w.doomed)),

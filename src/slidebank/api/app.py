@@ -21,6 +21,7 @@ from slidebank.api.access import access_routes
 from slidebank.api.annotations import annotation_routes
 from slidebank.api.catalog import catalog_routes
 from slidebank.api.errors import install_error_handlers
+from slidebank.api.exports import export_routes
 from slidebank.api.fastpath import PixelFastPath
 from slidebank.api.frames import frame_routes
 from slidebank.api.middleware import HeadAsGet, SecurityHeaders, watch_governance
@@ -61,6 +62,7 @@ def create_app(node: Node | None = None) -> FastAPI:
     app.include_router(processing_routes(node, gatekeeper))
     app.include_router(tile_routes(tiles, gatekeeper))
     app.include_router(frame_routes(tiles, gatekeeper))
+    app.include_router(export_routes(gatekeeper))
     install_error_handlers(app)
     app.add_middleware(PixelFastPath, tiles=tiles, gatekeeper=gatekeeper)
     app.add_middleware(SecurityHeaders)

@@ -174,6 +174,12 @@ class Gatekeeper:
                 self._audit.record(principal.name, action, dataset=dataset, grant=principal.grants.get(dataset),
                                    detail={"matches": count, **detail})
 
+    def record_export(self, principal: Principal, slides_per_dataset: dict[str, int], **detail: object) -> None:
+        """Audit an export: one entry per dataset, open ones too (files leave the node)."""
+        for dataset, count in sorted(slides_per_dataset.items()):
+            self._audit.record(principal.name, "patches.export", dataset=dataset, grant=principal.grants.get(dataset),
+                               detail={"slides": count, **detail})
+
     def may_view(self, request: Request, slide_id: str) -> bool:
         """Whether the caller of a page request may read the slide (the viewer page asks)."""
         try:

@@ -15,6 +15,7 @@ from slidebank.cli.common import HomeOption, console, open_node
 from slidebank.cli.governance import register_governance_commands
 from slidebank.cli.ingest import register_ingest_command
 from slidebank.cli.jobs import register_job_commands
+from slidebank.cli.patches import patches_app
 from slidebank.cli.samples import register_sample_commands
 from slidebank.cli.server import register_serve_command
 from slidebank.cli.slides import register_slide_commands
@@ -49,6 +50,7 @@ def init(home: HomeOption = None) -> None:
 register_ingest_command(app)
 register_slide_commands(app)
 app.add_typer(annotations_app, name="annotations")
+app.add_typer(patches_app, name="patches")
 register_governance_commands(app)
 register_job_commands(app)
 register_sample_commands(app)

@@ -17,6 +17,7 @@ from slidebank.client.errors import (
     TokenRejected,
 )
 from slidebank.client.slide import RemoteSlide
+from slidebank.client.spec import ClientSpec
 
-__all__ = ["BadRequest", "Client", "NoAccess", "NotFound", "RemoteSlide", "ServerError", "ServerUnreachable",
+__all__ = ["BadRequest", "Client", "ClientSpec", "NoAccess", "NotFound", "RemoteSlide", "ServerError", "ServerUnreachable",
            "SlidebankError", "TokenRejected"]

@@ -15,6 +15,7 @@ user=...)` gives the same interface on a node folder on this machine (same gatek
 
 from __future__ import annotations
 
+import io
 import sys
 import time
 from collections.abc import Iterator
@@ -23,10 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from PIL import Image
 
 from slidebank.client.cache import FrameCache
 from slidebank.client.errors import SlidebankError
 from slidebank.client.slide import Progress, RemoteSlide
+from slidebank.client.spec import ClientSpec
 from slidebank.client.transport import Transport
 
 SEARCH_PAGE = 1000  # the node's largest page
@@ -48,6 +51,10 @@ class Client:
                  http: httpx.Client | None = None) -> None:
         self._transport = Transport(url, token, timeout=timeout, retries=retries, connections=max(4, workers * 2),
                                     http=http)
+        self.url, self._token = url, token
+        self._home: str | None = None
+        self._options = {"timeout": timeout, "retries": retries, "cache_mb": cache_mb, "workers": workers,
+                         "progress": False}
         self.cache = FrameCache(cache_mb * 2**20)
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="slidebank-frames")
         self._show_progress = sys.stderr.isatty() if progress is None else progress
@@ -66,7 +73,14 @@ class Client:
         http, token, closing = open_local(Path(home) if home else None, token, user)
         client = cls(LOCAL_URL, token, http=http, **options)
         client._on_close.append(closing)
+        client._home = str(home) if home else None
         return client
+
+    def spec(self) -> ClientSpec:
+        """How to connect the same way from another process (e.g. a DataLoader worker)."""
+        if self._home is not None:
+            return ClientSpec(token=self._token, home=self._home, options=self._options)
+        return ClientSpec(url=self.url, token=self._token, options=self._options)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -136,6 +150,21 @@ class Client:
             params["class"] = classes
         return self._transport.get_json(
             f"/api/slides/{slide_id}/annotations", params)
+
+    def heatmaps(self, slide_id: str) -> list[dict[str, Any]]:
+        """The slide's heatmaps (QC masks, scores): name, grid, legend, the level-0 extent they cover."""
+        return self._transport.get_json(f"/api/slides/{slide_id}/heatmaps")
+
+    def heatmap(self, slide_id: str, name: str) -> Image.Image:
+        """A heatmap as an RGBA image covering its `extent` from the slide's corner (transparent: no value)."""
+        answer = self._transport.request("GET", f"/api/slides/{slide_id}/heatmaps/{name}.png")
+        with Image.open(io.BytesIO(answer.content)) as image:
+            return image.convert("RGBA")
+
+    def start_export(self, slides: list[str], parameters: dict[str, Any]) -> dict[str, Any]:
+        """Declare a patch export of these slides to the node: checked against your grants, audited;
+        returns its id and the grant that covers each dataset (for the export's provenance)."""
+        return self._transport.post_json("/api/patch-exports", {"slides": slides, "parameters": parameters})
 
     # -- jobs ------------------------------------------------------------------------------
 

@@ -1,0 +1,115 @@
+"""Patch datasets written out as WebDataset shards: tar files of `KEY.png` + `KEY.json`, with a
+manifest that says where every patch came from.
+
+The manifest (`manifest.json`) holds the provenance a reviewer of a model asks for: the export's id
+at the node, who exported, the grant covering each dataset, the parameters, every slide with the
+digests of its stored files, and each shard with its patch count and SHA-256. Shards are written in
+a fixed order (shard i holds patches [i·N, (i+1)·N)), each to a temporary name and renamed when
+complete, and the manifest is rewritten after each: an interrupted export started again with the same
+parameters keeps the shards it already has (checked against their digests) and writes the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from slidebank.client import Client
+from slidebank.patches.dataset import PatchDataset, png_bytes
+
+MANIFEST = "manifest.json"
+FORMAT = "webdataset"
+
+
+class ExportError(ValueError):
+    """An export that cannot go on as asked (e.g. another export's folder)."""
+
+
+def _digest(path: Path) -> str:
+    sha = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def _add(archive: tarfile.TarFile, name: str, content: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(content), 0, 0o644
+    archive.addfile(info, io.BytesIO(content))
+
+
+def _write_atomically(path: Path, content: bytes) -> None:
+    temporary = path.with_name(path.name + ".partial")
+    temporary.write_bytes(content)
+    os.replace(temporary, path)
+
+
+def export_webdataset(client: Client, data: PatchDataset, to: Path, *, shard_size: int = 1000,
+                      on_shard: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Write `data` to `to` as shards; returns the manifest. Declares the export to the node first
+    (refused without a grant for every controlled dataset; audited)."""
+    to.mkdir(parents=True, exist_ok=True)
+    parameters = {"sampling": data.sampling.as_dict(), "classes": data.classes, "patches": len(data),
+                  "shard_size": shard_size, "format": FORMAT}
+    manifest_path = to / MANIFEST
+    previous = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
+    if previous is not None and (previous.get("parameters") != parameters or previous.get("slides_ids") != data.slides):
+        raise ExportError(f"{to} holds an export with other parameters or slides: choose another folder")
+    started = client.start_export(data.slides, parameters)
+    manifest = previous or {
+        "format": FORMAT,
+        "export_id": started["export_id"],
+        "exported_by": client.me()["name"],
+        "started_at": datetime.now(UTC).isoformat(),
+        "parameters": parameters,
+        "grants": started["grants"],
+        "slides_ids": data.slides,
+        "slides": [_provenance(client, slide) for slide in data.slides],
+        "shards": [],
+    }
+    manifest["resumed_as"] = [*manifest.get("resumed_as", []), started["export_id"]] if previous else []
+    done = {shard["name"]: shard for shard in manifest["shards"]
+            if (to / shard["name"]).is_file() and _digest(to / shard["name"]) == shard["sha256"]}
+    manifest["shards"] = []
+    shards = range(0, len(data), shard_size)
+    for number, start in enumerate(shards):
+        name = f"shard-{number:06d}.tar"
+        if name in done:
+            manifest["shards"].append(done[name])
+            continue
+        buffer = io.BytesIO()
+        indices = range(start, min(start + shard_size, len(data)))
+        with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as archive:
+            for index in indices:
+                patch = data.patches[index]
+                key = f"{index:09d}"
+                _add(archive, f"{key}.png", png_bytes(data.image(index)))
+                labels = {"slide_id": patch.slide_id, "x": patch.x, "y": patch.y, "level": patch.level,
+                          "extent": patch.extent, "size": patch.size, "class": data.labels[index],
+                          "target": data.target(index)}
+                _add(archive, f"{key}.json", json.dumps(labels).encode())
+        _write_atomically(to / name, buffer.getvalue())
+        manifest["shards"].append({"name": name, "patches": len(indices),
+                                   "sha256": hashlib.sha256(buffer.getvalue()).hexdigest()})
+        _write_atomically(manifest_path, json.dumps(manifest, indent=1).encode())
+        if on_shard:
+            on_shard(number + 1, len(shards))
+    manifest["finished_at"] = datetime.now(UTC).isoformat()
+    _write_atomically(manifest_path, json.dumps(manifest, indent=1).encode())
+    return manifest
+
+
+def _provenance(client: Client, slide_id: str) -> dict[str, Any]:
+    """A slide as the manifest names it: id, dataset and the digests of its stored files."""
+    described = client.slide(slide_id)
+    return {"slide_id": slide_id, "dataset": described.get("dataset"), "source_sha256": described.get("source_sha256"),
+            "files": [{key: f.get(key) for key in ("sha256", "role", "size") if key in f}
+                      for f in described.get("files", [])]}
