@@ -9,7 +9,7 @@ region out. Nothing is re-encoded on the way, so what a model trains on is what 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
@@ -204,22 +204,41 @@ class RemoteSlide:
 
     def _read(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         """The region's RGB pixels, black outside the slide."""
-        x, y, width, height = self._place(location, level, size)
-        level_width, level_height = self.level_dimensions[level]
-        tile_width, tile_height = self.level_tile_dimensions[level]
-        left, top = max(x, 0), max(y, 0)
-        right, bottom = min(x + width, level_width), min(y + height, level_height)
-        inside = left == x and top == y and right == x + width and bottom == y + height
-        out = (np.empty if inside else np.zeros)((height, width, 3), np.uint8)
-        if left >= right or top >= bottom:
-            return out
-        tiles = {(column, row): min(bottom - row * tile_height, tile_height)  # the rows the region needs
-                 for row in range(top // tile_height, (bottom - 1) // tile_height + 1)
-                 for column in range(left // tile_width, (right - 1) // tile_width + 1)}
-        frames = self.read_frames(level, tiles)
-        for (column, row), frame in frames.items():
-            frame_left, frame_top = column * tile_width, row * tile_height
-            x0, x1 = max(left, frame_left), min(right, frame_left + tile_width)
-            y0, y1 = max(top, frame_top), min(bottom, frame_top + tile_height)
-            out[y0 - y:y1 - y, x0 - x:x1 - x] = frame[y0 - frame_top:y1 - frame_top, x0 - frame_left:x1 - frame_left]
-        return out
+        return self.read_regions_array([(location, level, size)])[0]
+
+    def read_regions_array(self, regions: Sequence[tuple[tuple[int, int], int, tuple[int, int]]]) -> list[np.ndarray]:
+        """Many `(location, level, size)` regions at once, each as `read_region_array` gives it. The
+        frames they span are fetched together (a batch of training patches costs a request or two,
+        not one per patch) and each is decoded once, down to the last row any region needs."""
+        plans = []
+        wanted: dict[int, dict[tuple[int, int], int]] = {}
+        for location, level, size in regions:
+            x, y, width, height = self._place(location, level, size)
+            level_width, level_height = self.level_dimensions[level]
+            tile_width, tile_height = self.level_tile_dimensions[level]
+            left, top = max(x, 0), max(y, 0)
+            right, bottom = min(x + width, level_width), min(y + height, level_height)
+            inside = left == x and top == y and right == x + width and bottom == y + height
+            out = (np.empty if inside else np.zeros)((height, width, 3), np.uint8)
+            plans.append((out, level, x, y, left, top, right, bottom))
+            if left >= right or top >= bottom:
+                continue
+            tiles = wanted.setdefault(level, {})
+            for row in range(top // tile_height, (bottom - 1) // tile_height + 1):
+                rows = min(bottom - row * tile_height, tile_height)  # the rows the region needs
+                for column in range(left // tile_width, (right - 1) // tile_width + 1):
+                    tiles[(column, row)] = max(tiles.get((column, row), 0), rows)
+        frames = {level: self.read_frames(level, tiles) for level, tiles in wanted.items()}
+        for out, level, x, y, left, top, right, bottom in plans:
+            if left >= right or top >= bottom:
+                continue
+            tile_width, tile_height = self.level_tile_dimensions[level]
+            for row in range(top // tile_height, (bottom - 1) // tile_height + 1):
+                for column in range(left // tile_width, (right - 1) // tile_width + 1):
+                    frame = frames[level][(column, row)]
+                    frame_left, frame_top = column * tile_width, row * tile_height
+                    x0, x1 = max(left, frame_left), min(right, frame_left + tile_width)
+                    y0, y1 = max(top, frame_top), min(bottom, frame_top + tile_height)
+                    out[y0 - y:y1 - y, x0 - x:x1 - x] = frame[y0 - frame_top:y1 - frame_top,
+                                                              x0 - frame_left:x1 - frame_left]
+        return [plan[0] for plan in plans]

@@ -32,6 +32,7 @@ from slidebank.patches.sampling import Patch, Sampling, SamplingError, SlideGeom
 
 MAX_FEATURES = 50_000  # per slide and request: more and the labels would be built on part of them
 TISSUE_HEATMAP = "tissue"
+STREAM_BATCH = 32  # patches a stream fetches at once
 Transform = Callable[[np.ndarray], Any]
 
 
@@ -90,16 +91,28 @@ class _Reader:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["spec"], None)  # type: ignore[misc]  # unpickled in a worker: connect lazily
 
-    def pixels(self, patch: Patch) -> np.ndarray:
+    def slide(self, slide_id: str) -> RemoteSlide:
         if self._client is None or self._pid != os.getpid():
             self._client, self._pid, self._slides = self.spec.connect(), os.getpid(), {}
-        slide = self._slides.get(patch.slide_id)
+        slide = self._slides.get(slide_id)
         if slide is None:
-            slide = self._slides[patch.slide_id] = self._client.open(patch.slide_id)
-        pixels = slide.read_region_array((patch.x, patch.y), patch.level, (patch.read, patch.read))
-        if patch.read != patch.size:
-            pixels = np.asarray(Image.fromarray(pixels).resize((patch.size, patch.size), Image.Resampling.BILINEAR))
-        return pixels
+            slide = self._slides[slide_id] = self._client.open(slide_id)
+        return slide
+
+    def pixels(self, patches: Sequence[Patch]) -> list[np.ndarray]:
+        """The patches' pixels, fetched together slide by slide."""
+        by_slide: dict[str, list[int]] = {}
+        for index, patch in enumerate(patches):
+            by_slide.setdefault(patch.slide_id, []).append(index)
+        images: list[np.ndarray] = [np.empty(0)] * len(patches)
+        for slide_id, indices in by_slide.items():
+            regions = [((patches[i].x, patches[i].y), patches[i].level, (patches[i].read, patches[i].read)) for i in indices]
+            for index, pixels in zip(indices, self.slide(slide_id).read_regions_array(regions), strict=True):
+                patch = patches[index]
+                if patch.read != patch.size:
+                    pixels = np.asarray(Image.fromarray(pixels).resize((patch.size, patch.size), Image.Resampling.BILINEAR))
+                images[index] = pixels
+        return images
 
 
 class PatchDataset(Dataset):
@@ -135,12 +148,20 @@ class PatchDataset(Dataset):
 
     def image(self, index: int) -> np.ndarray:
         """The patch's RGB pixels, (size, size, 3) uint8: the stored pixels (resized only for `mpp`)."""
-        return self._reader.pixels(self.patches[index])
+        return self._reader.pixels([self.patches[index]])[0]
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
-        pixels = self.image(index)
-        image = self.transform(pixels) if self.transform else torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
-        return image, self.target(index)
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[Any, Any]]:
+        """A batch at once (PyTorch's DataLoader asks this way): its frames in a request or two."""
+        images = self._reader.pixels([self.patches[i] for i in indices])
+        return [(self._as_sample(pixels), self.target(i)) for pixels, i in zip(images, indices, strict=True)]
+
+    def _as_sample(self, pixels: np.ndarray) -> Any:
+        if self.transform is not None:
+            return self.transform(pixels)
+        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
 
 
 class PatchStream(IterableDataset):
@@ -167,8 +188,8 @@ class PatchStream(IterableDataset):
         share = self.order()
         if worker is not None:
             share = share[worker.id :: worker.num_workers]
-        for index in share:
-            yield self.patches[index]
+        for start in range(0, len(share), STREAM_BATCH):  # fetched together, yielded one by one
+            yield from self.patches.__getitems__(share[start:start + STREAM_BATCH])
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:
