@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from regions import SLIDE_ID, cached_slide, ingested_node  # noqa: E402  (bench scripts are not a package)
-from sdk import bench_token, start_server  # noqa: E402
+from sdk import bench_token, start_server, stop_server  # noqa: E402
 from slidebank.client import Client  # noqa: E402
 from slidebank.patches import PatchDataset, Sampling  # noqa: E402
 
@@ -96,11 +95,7 @@ def main() -> None:
                 results.setdefault((kind, "openslide"), []).append(rate(OpenSlidePatches(source, places)))
                 results.setdefault((kind, "slidebank"), []).append(rate(data))
     finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, 9)
+        stop_server(server)
     best = {key: max(values) for key, values in results.items()}
     table = Table(title=f"{SIZE}x{SIZE} level-0 patches into a DataLoader, 2 workers, batches of 32 (nproc={os.cpu_count()})")
     for column in ("places", "dataset", "patches/s (best of 2)", "passes", "ratio"):

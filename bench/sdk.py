@@ -92,6 +92,14 @@ def start_server(home: Path, workers: int) -> tuple[subprocess.Popen, str]:
     sys.exit("slidebank serve did not start")
 
 
+def stop_server(server: subprocess.Popen) -> None:
+    server.terminate()
+    try:
+        server.wait(10)
+    except subprocess.TimeoutExpired:  # Granian can hang when stopped while a worker still starts
+        os.killpg(server.pid, 9)
+
+
 def rate(read: Callable[[Place], Any], chosen: Sequence[Place], threads: int = 1) -> float:
     start = time.perf_counter()
     if threads == 1:
@@ -162,11 +170,7 @@ def main() -> None:
             cache_mb = bank.cache.current_bytes / 2**20
         four_processes = processes_rate(base, token, next(batches))
     finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, 9)
+        stop_server(server)
     rows = [
         ("OpenSlide read_region, local file, 1 thread", openslide_one, 1.0),
         ("SDK read_region over loopback, 1 reader, cold cache", cold_one, cold_one / openslide_one),

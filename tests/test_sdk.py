@@ -324,3 +324,21 @@ def test_the_frames_route_and_its_fast_path_answer_alike(site: Site, stored: dic
         assert httpx.get(path, params=bad, headers=headers).status_code == 400, bad
     stranger = {"Authorization": f"Bearer {site.tokens['bob']}"}
     assert httpx.get(path, params={"level": 0, "tiles": "0_0"}, headers=stranger).status_code == 404
+
+
+def test_large_tiles_mean_fewer_frames_per_answer(site: Site, stored: dict[str, StoredSlide],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """An answer carries at most MAX_FRAME_PIXELS of frames (bounded memory per request): with a
+    bound of 16 of this slide's tiles, the pyramid says 16, the SDK batches by it, more are refused."""
+    import slidebank.api.frames
+
+    tile_width, tile_height = stored["jpeg"].level_tile_dimensions[0]
+    monkeypatch.setattr(slidebank.api.frames, "MAX_FRAME_PIXELS", 16 * tile_width * tile_height)
+    slide_id = site.slides["jpeg"]
+    with Client.local(site.home, user="alice", cache_mb=0) as bank, bank.open(slide_id) as slide:
+        assert slide._max_frames == 16
+        whole = slide.read_region_array((0, 0), 0, slide.dimensions)  # 130 frames: batches of at most 16
+        assert np.array_equal(whole, stored["jpeg"].read_region_array((0, 0), 0, slide.dimensions))
+        with pytest.raises(BadRequest, match="at most 16 frames"):
+            bank._transport.request("GET", f"/api/slides/{slide_id}/frames",
+                                    params={"level": 0, "tiles": ",".join(["0_0"] * 17)})

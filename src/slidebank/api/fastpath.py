@@ -19,7 +19,7 @@ from fastapi import HTTPException
 from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from slidebank.api.frames import frames_answer
+from slidebank.api.frames import frames_answer, max_frames
 from slidebank.api.security import SESSION_COOKIE, Gatekeeper
 from slidebank.api.tiles import CORS, caching_headers, not_modified
 from slidebank.catalog.identifiers import SLIDE_ID_CHARACTERS
@@ -79,6 +79,10 @@ class PixelFastPath:
         if query is None or pyramid is None:
             return None
         level = int(query["level"])
+        if not (level < pyramid.slide.level_count and pyramid.slide.fast_levels[level]):
+            return None  # frames read through wsidicom take longer than an event loop should wait
+        if query["tiles"].count(",") >= max_frames(pyramid.slide):
+            return None  # more than this slide's answers may carry: the documented route refuses
         path = f"{scope['path']}?{scope['query_string'].decode('latin-1')}"
         checked = self._checked(scope, pyramid, match["slide_id"], f"frames level {level}", path, None)
         if checked is None or checked[0] == 304:

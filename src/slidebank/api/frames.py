@@ -20,9 +20,17 @@ from slidebank.api.schemas import errors
 from slidebank.api.schemas_pixels import StoredLevel, StoredPyramid
 from slidebank.api.security import Gatekeeper, principal_dependency
 from slidebank.api.tiles import SlideId, caching_headers, not_modified
+from slidebank.slides.reader import StoredSlide
 from slidebank.tiles.service import TileService
 
 MAX_FRAMES = 64
+MAX_FRAME_PIXELS = 64 * 512 * 512  # pixels of the frames of one answer: fewer frames when tiles are large
+
+
+def max_frames(slide: StoredSlide) -> int:
+    """Frames one answer may carry for this slide (its largest tiles decide)."""
+    largest = max(width * height for width, height in slide.level_tile_dimensions)
+    return max(1, min(MAX_FRAMES, MAX_FRAME_PIXELS // largest))
 TILE_LIST = r"^\d{1,9}_\d{1,9}(,\d{1,9}_\d{1,9})*$"
 
 
@@ -71,7 +79,7 @@ def frame_routes(tiles: TileService, gatekeeper: Gatekeeper) -> APIRouter:
                 samples_per_pixel=encoding.samples_per_pixel, bits_stored=encoding.bits_stored,
             ))
         return StoredPyramid(slide_id=slide_id, levels=levels, mpp=list(slide.mpp) if slide.mpp else None,
-                             properties=dict(slide.properties))
+                             properties=dict(slide.properties), max_frames_per_request=max_frames(slide))
 
     @router.get(
         "/api/slides/{slide_id}/frames", response_class=Response, summary="Stored frames of one level, as stored",
@@ -87,10 +95,10 @@ def frame_routes(tiles: TileService, gatekeeper: Gatekeeper) -> APIRouter:
         if_none_match: Annotated[str | None, Header()] = None,
     ) -> Response:
         wanted = [tuple(int(n) for n in tile.split("_")) for tile in tiles_asked.split(",")]
-        if len(wanted) > MAX_FRAMES:
-            raise HTTPException(400, f"at most {MAX_FRAMES} frames per request")
         dataset = gatekeeper.read_tile(caller, slide_id, f"frames level {level}")
         pyramid = tiles.pyramid(slide_id)
+        if len(wanted) > (most := max_frames(pyramid.slide)):
+            raise HTTPException(400, f"at most {most} frames of this slide per request")
         headers = caching_headers(pyramid, f"{request.url.path}?{request.url.query}", gatekeeper.is_open(dataset))
         if not_modified(headers, if_none_match):
             return Response(status_code=304, headers=headers)

@@ -37,3 +37,4 @@ class StoredPyramid(TypedDict):
     levels: list[StoredLevel]
     mpp: Annotated[Mpp | None, Field(description="µm per level-0 pixel [x, y]; null when the pixel size is unknown")]
     properties: Annotated[dict[str, str], Field(description="OpenSlide-style properties (openslide.mpp-x, …)")]
+    max_frames_per_request: Annotated[int, Field(description="Most frames one /frames request may ask for")]

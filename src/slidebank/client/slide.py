@@ -21,13 +21,13 @@ from slidebank.client.errors import ServerError
 from slidebank.client.transport import Transport, multipart_parts
 from slidebank.slides.frames import FrameDecoder, FrameEncoding
 from slidebank.slides.reader import level_coordinate
+from slidebank.slides.vocabulary import OpenSlideVocabulary
 
-MAX_FRAMES_PER_REQUEST = 64  # what the node's /frames route takes
 FRAMES_PER_BATCH = 16  # a region larger than this is fetched in several batches at once
 Progress = Callable[[int, int], None]  # (frames done, frames in all)
 
 
-class RemoteSlide:
+class RemoteSlide(OpenSlideVocabulary):
     """A slide of a node, with openslide-python's API (`dimensions`, `level_count`,
     `level_dimensions`, `level_downsamples`, `properties`, `read_region`, `get_thumbnail`,
     `get_best_level_for_downsample`); `associated_images` is empty by design: labels and macros
@@ -57,6 +57,7 @@ class RemoteSlide:
         mpp = description.get("mpp")
         self.mpp: tuple[float, float] | None = (float(mpp[0]), float(mpp[1])) if mpp else None
         self.properties: dict[str, str] = dict(description["properties"])
+        self._max_frames = int(description.get("max_frames_per_request", FRAMES_PER_BATCH))
         self.associated_images: dict[str, Image.Image] = {}
 
     def __repr__(self) -> str:
@@ -72,15 +73,6 @@ class RemoteSlide:
         """Nothing to release (the client owns the connections); for `with` and OpenSlide habits."""
 
     # -- OpenSlide API ---------------------------------------------------------------------
-
-    def get_best_level_for_downsample(self, downsample: float) -> int:
-        """The level to read for a given downsample: as OpenSlide, the coarsest one not coarser."""
-        if downsample < self.level_downsamples[0]:
-            return 0
-        for index in range(1, self.level_count):
-            if downsample < self.level_downsamples[index]:
-                return index - 1
-        return self.level_count - 1
 
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int], *,
                     as_array: bool = False) -> Image.Image | np.ndarray:
@@ -100,17 +92,6 @@ class RemoteSlide:
     def read_region_array(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         """`read_region` as an (height, width, 3) uint8 RGB array (black outside the slide)."""
         return self._read(location, level, size)
-
-    def get_thumbnail(self, size: tuple[int, int]) -> Image.Image:
-        """An RGB image of the whole slide within `size`, on white, as openslide-python makes it."""
-        downsample = max(dimension / wanted for dimension, wanted in zip(self.dimensions, size, strict=True))
-        level = self.get_best_level_for_downsample(downsample)
-        tile = self.read_region((0, 0), level, self.level_dimensions[level])
-        assert isinstance(tile, Image.Image)
-        thumbnail = Image.new("RGB", tile.size, "#ffffff")
-        thumbnail.paste(tile, None, tile)
-        thumbnail.thumbnail(size, Image.Resampling.LANCZOS)
-        return thumbnail
 
     # -- stored frames ----------------------------------------------------------------------
 
@@ -142,8 +123,8 @@ class RemoteSlide:
 
     def _fetch(self, level: int, missing: dict[tuple[int, int], int]) -> dict[tuple[int, int], np.ndarray]:
         tiles = list(missing)
-        batches = max(1, math.ceil(len(tiles) / FRAMES_PER_BATCH))
-        size = min(MAX_FRAMES_PER_REQUEST, math.ceil(len(tiles) / batches))
+        batches = max(1, math.ceil(len(tiles) / min(FRAMES_PER_BATCH, self._max_frames)))
+        size = min(self._max_frames, math.ceil(len(tiles) / batches))
         chunks = [{tile: missing[tile] for tile in tiles[start:start + size]} for start in range(0, len(tiles), size)]
         if len(chunks) == 1:
             return self._fetch_batch(level, chunks[0])

@@ -52,6 +52,7 @@ from cachetools import LRUCache
 from PIL import Image
 
 from slidebank.slides.frames import JPEG_BASELINE, FrameEncoding
+from slidebank.slides.vocabulary import OpenSlideVocabulary
 
 if TYPE_CHECKING:
     from wsidicom import WsiDicom
@@ -466,7 +467,7 @@ def _items(blob: BlobFile, position: int) -> list[tuple[int, int, bool]]:
 # The slide
 
 
-class StoredSlide:
+class StoredSlide(OpenSlideVocabulary):
     """A stored slide opened for reading, with OpenSlide's API; thread-safe.
 
     `blobs` are the opened DICOM files of the slide (plaintext views, e.g. `Node.open_blob`);
@@ -561,15 +562,6 @@ class StoredSlide:
 
     # -- OpenSlide API ---------------------------------------------------------------------
 
-    def get_best_level_for_downsample(self, downsample: float) -> int:
-        """The level to read for a given downsample: as OpenSlide, the coarsest one not coarser."""
-        if downsample < self.level_downsamples[0]:
-            return 0
-        for index in range(1, self.level_count):
-            if downsample < self.level_downsamples[index]:
-                return index - 1
-        return self.level_count - 1
-
     def read_region(
         self, location: tuple[int, int], level: int, size: tuple[int, int], *, as_array: bool = False
     ) -> Image.Image | np.ndarray:
@@ -605,17 +597,6 @@ class StoredSlide:
         """Like `read_region_array`, with `location` in the level's own pixels (as wsidicom)."""
         width, height = _size(size)
         return self._read(level, int(location[0]), int(location[1]), width, height, 3, out)
-
-    def get_thumbnail(self, size: tuple[int, int]) -> Image.Image:
-        """An RGB image of the whole slide within `size`, on white, as openslide-python makes it."""
-        downsample = max(dimension / wanted for dimension, wanted in zip(self.dimensions, size, strict=True))
-        level = self.get_best_level_for_downsample(downsample)
-        tile = self.read_region((0, 0), level, self.level_dimensions[level])
-        assert isinstance(tile, Image.Image)
-        thumbnail = Image.new("RGB", tile.size, "#ffffff")
-        thumbnail.paste(tile, None, tile)
-        thumbnail.thumbnail(size, Image.Resampling.LANCZOS)
-        return thumbnail
 
     # -- tiles, for tile servers -------------------------------------------------------------
 
