@@ -70,10 +70,10 @@ class Client:
         """
         from slidebank.client.local import LOCAL_URL, open_local
 
-        http, token, closing = open_local(Path(home) if home else None, token, user)
+        http, token, folder, closing = open_local(Path(home) if home else None, token, user)
         client = cls(LOCAL_URL, token, http=http, **options)
         client._on_close.append(closing)
-        client._home = str(home) if home else None
+        client._home = str(folder.resolve())
         return client
 
     def spec(self) -> ClientSpec:

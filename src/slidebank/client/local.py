@@ -40,8 +40,9 @@ class AppTransport(httpx.BaseTransport):
         self._portal_context.__exit__(None, None, None)
 
 
-def open_local(home: Path | None, token: str | None, user: str | None) -> tuple[httpx.Client, str | None, Callable[[], None]]:
-    """An httpx client bound to the node's app, the token to use, and what to do on close."""
+def open_local(home: Path | None, token: str | None, user: str | None
+               ) -> tuple[httpx.Client, str | None, Path, Callable[[], None]]:
+    """An httpx client bound to the node's app, the token to use, the node's folder, and what to do on close."""
     from slidebank.access.principal import operator
     from slidebank.api.app import create_app
     from slidebank.node import Node
@@ -58,4 +59,4 @@ def open_local(home: Path | None, token: str | None, user: str | None) -> tuple[
             node.identities.revoke_token(operator(), made)
         node.close()
 
-    return http, token, close
+    return http, token, node.settings.home, close
