@@ -172,7 +172,8 @@ def test_export_writes_webdataset_shards_with_provenance_and_resumes(site: Site,
     summary = json_lines(done.stdout)[0]
     manifest = json.loads((to / "manifest.json").read_text())
     assert summary["patches"] == sum(s["patches"] for s in manifest["shards"]) > 4
-    assert manifest["grants"] == {"restricted": site.grant} and manifest["exported_by"] == "alice"
+    [run] = manifest["runs"]
+    assert run["grants"] == {"restricted": site.grant} and run["by"] == "alice" and len(manifest["parameters"]["index_sha256"]) == 64
     [slide] = manifest["slides"]
     assert slide["slide_id"] == site.slide and slide["files"] and all(len(f["sha256"]) == 64 for f in slide["files"])
     with site.client() as bank:
@@ -190,9 +191,10 @@ def test_export_writes_webdataset_shards_with_provenance_and_resumes(site: Site,
     again = export(site, "alice", to)
     assert again.returncode == 0, again.stderr
     resumed = json.loads((to / "manifest.json").read_text())
-    assert [s["sha256"] for s in resumed["shards"]] == digests and len(resumed["resumed_as"]) == 1
+    assert [s["sha256"] for s in resumed["shards"]] == digests and len(resumed["runs"]) == 2
+    assert resumed["runs"][1]["shards_written"] == [manifest["shards"][0]["name"], manifest["shards"][-1]["name"]]
     other = export(site, "alice", to, "--seed", "9", "--random", "3")
-    assert other.returncode != 0 and "other parameters" in " ".join((other.stdout + other.stderr).split())
+    assert other.returncode != 0 and "other patches" in " ".join((other.stdout + other.stderr).split())
 
 
 def test_export_needs_a_grant_and_is_audited(site: Site, tmp_path: Path) -> None:

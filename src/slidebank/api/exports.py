@@ -22,6 +22,7 @@ from slidebank.api.security import Gatekeeper, principal_dependency
 from slidebank.catalog.identifiers import SLIDE_ID_REGEX
 
 MAX_EXPORT_SLIDES = 100_000
+MAX_EXPORT_BYTES = 8 * 1024 * 1024  # room for MAX_EXPORT_SLIDES ids of up to 64 characters and the parameters
 
 
 class NewExport(BaseModel):
@@ -41,7 +42,7 @@ def export_routes(gatekeeper: Gatekeeper) -> APIRouter:
     router = APIRouter(tags=["processing"])
     current = principal_dependency(gatekeeper)
 
-    @router.post("/api/patch-exports", status_code=201, response_model=ExportStarted,
+    @router.post("/api/patch-exports", status_code=201, response_model=ExportStarted, max_body_size=MAX_EXPORT_BYTES,
                  responses=errors(400, 401, 403, 404, 413), summary="Declare a patch export (checked and audited)")
     def start_export(body: NewExport, caller: Principal = Depends(current)) -> ExportStarted:
         datasets = Counter(gatekeeper.slide_dataset(caller, slide) for slide in dict.fromkeys(body.slides))

@@ -79,8 +79,8 @@ class PixelFastPath:
         if query is None or pyramid is None:
             return None
         level = int(query["level"])
-        if not (level < pyramid.slide.level_count and pyramid.slide.fast_levels[level]):
-            return None  # frames read through wsidicom take longer than an event loop should wait
+        if not (level < pyramid.slide.level_count and pyramid.slide.frames_indexed(level)):
+            return None  # wsidicom levels, or a first read that walks the file: not on the event loop
         if query["tiles"].count(",") >= max_frames(pyramid.slide):
             return None  # more than this slide's answers may carry: the documented route refuses
         path = f"{scope['path']}?{scope['query_string'].decode('latin-1')}"

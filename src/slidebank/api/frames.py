@@ -65,7 +65,7 @@ def frame_routes(tiles: TileService, gatekeeper: Gatekeeper) -> APIRouter:
     @router.get("/api/slides/{slide_id}/pyramid", response_model=StoredPyramid, responses=errors(401, 404),
                 summary="The stored levels, their tile grids and frame encodings")
     def stored_pyramid(slide_id: SlideId, caller: Principal = Depends(current)) -> StoredPyramid:
-        gatekeeper.read_slide(caller, slide_id, "pyramid.open")
+        gatekeeper.read_tile(caller, slide_id, "pyramid")  # every data-loader worker opens it: one entry per window
         slide = tiles.pyramid(slide_id).slide
         levels = []
         for index, ((width, height), downsample) in enumerate(zip(slide.level_dimensions, slide.level_downsamples,
@@ -95,10 +95,13 @@ def frame_routes(tiles: TileService, gatekeeper: Gatekeeper) -> APIRouter:
         if_none_match: Annotated[str | None, Header()] = None,
     ) -> Response:
         wanted = [tuple(int(n) for n in tile.split("_")) for tile in tiles_asked.split(",")]
-        dataset = gatekeeper.read_tile(caller, slide_id, f"frames level {level}")
+        gatekeeper.slide_dataset(caller, slide_id)  # access first: a refused caller learns nothing more
         pyramid = tiles.pyramid(slide_id)
         if len(wanted) > (most := max_frames(pyramid.slide)):
             raise HTTPException(400, f"at most {most} frames of this slide per request")
+        if level >= pyramid.slide.level_count:
+            raise HTTPException(400, f"level {level} out of range (the slide has {pyramid.slide.level_count})")
+        dataset = gatekeeper.read_tile(caller, slide_id, f"frames level {level}")
         headers = caching_headers(pyramid, f"{request.url.path}?{request.url.query}", gatekeeper.is_open(dataset))
         if not_modified(headers, if_none_match):
             return Response(status_code=304, headers=headers)

@@ -73,7 +73,7 @@ def export(
         except (SamplingError, SlidebankError, ExportError) as error:
             fail(str(error))
     summary = {"to": str(to), "export_id": manifest["export_id"], "slides": len(chosen), "patches": len(data),
-               "shards": len(manifest["shards"]), "grants": manifest["grants"]}
+               "shards": len(manifest["shards"]), "grants": manifest["runs"][-1]["grants"]}
     if as_json:
         print_json(summary)
     else:

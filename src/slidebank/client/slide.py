@@ -24,6 +24,7 @@ from slidebank.slides.reader import level_coordinate
 from slidebank.slides.vocabulary import OpenSlideVocabulary
 
 FRAMES_PER_BATCH = 16  # a region larger than this is fetched in several batches at once
+MAX_TILE_SIDE = 8192  # larger stored tiles than this are a malformed description, not a slide
 Progress = Callable[[int, int], None]  # (frames done, frames in all)
 
 
@@ -57,7 +58,10 @@ class RemoteSlide(OpenSlideVocabulary):
         mpp = description.get("mpp")
         self.mpp: tuple[float, float] | None = (float(mpp[0]), float(mpp[1])) if mpp else None
         self.properties: dict[str, str] = dict(description["properties"])
-        self._max_frames = int(description.get("max_frames_per_request", FRAMES_PER_BATCH))
+        self._max_frames = max(1, int(description.get("max_frames_per_request", FRAMES_PER_BATCH)))
+        for width, height in self.level_tile_dimensions:
+            if not (0 < width <= MAX_TILE_SIDE and 0 < height <= MAX_TILE_SIDE):
+                raise ServerError(f"{self.slide_id}: the node describes {width}x{height} tiles, which no reader takes")
         self.associated_images: dict[str, Image.Image] = {}
 
     def __repr__(self) -> str:

@@ -160,7 +160,15 @@ def error_for(answer: Answer) -> SlidebankError:
 
 
 def multipart_parts(answer: Answer) -> list[bytes]:
-    """The bodies of a multipart/related answer, in order (frames from `/frames` or DICOMweb)."""
+    """The bodies of a multipart/related answer, in order (frames from `/frames` or DICOMweb);
+    ServerError for anything malformed."""
+    try:
+        return _multipart_parts(answer)
+    except (ValueError, IndexError) as error:  # bytes.index: a boundary or header end missing
+        raise ServerError(f"malformed multipart answer to {answer.method} {answer.path}: {error}") from error
+
+
+def _multipart_parts(answer: Answer) -> list[bytes]:
     content_type = answer.headers.get("Content-Type", "")
     kind, _, parameters = content_type.partition(";")
     values = dict(item.strip().partition("=")[::2] for item in parameters.split(";") if "=" in item)

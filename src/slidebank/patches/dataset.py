@@ -60,7 +60,7 @@ def build_index(client: Client, slides: Sequence[str], sampling: Sampling, class
     labels: list[str | None] = []
     for slide_id in slides:
         slide = client.open(slide_id)
-        geometry = SlideGeometry(slide_id, slide.dimensions, slide.level_downsamples,
+        geometry = SlideGeometry(slide_id, slide.dimensions, slide.level_dimensions, slide.level_downsamples,
                                  slide.mpp[0] if slide.mpp else None)
         mask = tissue_mask(client, slide_id) if sampling.tissue is not None else None
         placed = place_patches(geometry, sampling, mask)
@@ -150,13 +150,16 @@ class PatchDataset(Dataset):
         """The patch's RGB pixels, (size, size, 3) uint8: the stored pixels (resized only for `mpp`)."""
         return self._reader.pixels([self.patches[index]])[0]
 
+    def images(self, indices: Sequence[int]) -> list[np.ndarray]:
+        """`image` of several patches, their frames fetched together."""
+        return self._reader.pixels([self.patches[i] for i in indices])
+
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         return self.__getitems__([index])[0]
 
     def __getitems__(self, indices: Sequence[int]) -> list[tuple[Any, Any]]:
         """A batch at once (PyTorch's DataLoader asks this way): its frames in a request or two."""
-        images = self._reader.pixels([self.patches[i] for i in indices])
-        return [(self._as_sample(pixels), self.target(i)) for pixels, i in zip(images, indices, strict=True)]
+        return [(self._as_sample(pixels), self.target(i)) for pixels, i in zip(self.images(indices), indices, strict=True)]
 
     def _as_sample(self, pixels: np.ndarray) -> Any:
         if self.transform is not None:

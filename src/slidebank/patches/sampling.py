@@ -68,10 +68,14 @@ class Patch:
         return self.x, self.y, self.x + self.extent, self.y + self.extent
 
 
+MAX_DRAWS_PER_PATCH = 50  # random places tried per patch asked for, before settling for fewer
+
+
 @dataclass(frozen=True)
 class SlideGeometry:
     slide_id: str
     dimensions: tuple[int, int]
+    level_dimensions: tuple[tuple[int, int], ...]
     level_downsamples: tuple[float, ...]
     mpp: float | None  # µm per level-0 pixel (x), None when unknown
 
@@ -118,28 +122,42 @@ def scale(geometry: SlideGeometry, sampling: Sampling) -> tuple[int, int, float]
 
 
 def place_patches(geometry: SlideGeometry, sampling: Sampling, mask: TissueMask | None) -> list[Patch]:
-    """The slide's patches, in reading order (grid) or drawing order (random)."""
+    """The slide's patches, in reading order (grid) or drawing order (random, no place twice).
+    Every patch lies wholly inside the level it is read from. Random sampling of a slide with
+    little tissue may find fewer places than asked for (after MAX_DRAWS_PER_PATCH tries each)."""
     level, read, extent = scale(geometry, sampling)
-    width, height = geometry.dimensions
-    if extent > width or extent > height:
+    level_width, level_height = geometry.level_dimensions[level]
+    downsample = geometry.level_downsamples[level]
+    if read > level_width or read > level_height:
         return []
-    if sampling.random is not None:
-        seed = np.random.SeedSequence([sampling.seed, *geometry.slide_id.encode()])
-        rng = np.random.default_rng(seed)
-        places = [(int(x), int(y)) for x, y in zip(rng.integers(0, int(width - extent) + 1, sampling.random * 4),
-                                                 rng.integers(0, int(height - extent) + 1, sampling.random * 4),
-                                                 strict=True)]
-    else:
-        step = (sampling.stride or sampling.size) * extent / sampling.size
-        places = [(round(column * step), round(row * step))
-                  for row in range(int((height - extent) // step) + 1)
-                  for column in range(int((width - extent) // step) + 1)]
-    patches = []
-    for x, y in places:
+    max_x, max_y = (level_width - read) * downsample, (level_height - read) * downsample  # level-0 corners
+
+    def keep(x: int, y: int) -> Patch | None:
         patch = Patch(geometry.slide_id, x, y, level, read, sampling.size, extent)
         if mask is not None and sampling.tissue is not None and mask.fraction(patch.box()) < sampling.tissue:
-            continue
-        patches.append(patch)
-        if sampling.random is not None and len(patches) == sampling.random:
-            break
+            return None
+        return patch
+
+    patches: list[Patch] = []
+    if sampling.random is None:
+        step = (sampling.stride or sampling.size) * extent / sampling.size
+        for row in range(int(max_y // step) + 1):
+            for column in range(int(max_x // step) + 1):
+                if (patch := keep(round(column * step), round(row * step))) is not None:
+                    patches.append(patch)
+        return patches
+    rng = np.random.default_rng(np.random.SeedSequence([sampling.seed, *geometry.slide_id.encode()]))
+    seen: set[tuple[int, int]] = set()
+    draws = 0
+    while len(patches) < sampling.random and draws < sampling.random * MAX_DRAWS_PER_PATCH:
+        batch = sampling.random * 4
+        draws += batch
+        for x, y in zip(rng.integers(0, int(max_x) + 1, batch), rng.integers(0, int(max_y) + 1, batch), strict=True):
+            if (int(x), int(y)) in seen:
+                continue
+            seen.add((int(x), int(y)))
+            if (patch := keep(int(x), int(y))) is not None:
+                patches.append(patch)
+                if len(patches) == sampling.random:
+                    break
     return patches

@@ -651,6 +651,12 @@ class StoredSlide(OpenSlideVocabulary):
             tile_height=stored.tile_height,
         )
 
+    def frames_indexed(self, level: int) -> bool:
+        """Whether a level's frames can be read without first walking its file (a fast level whose
+        frame table is built): what an event loop may do without stalling."""
+        stored = self._level(level)
+        return stored.fast and stored.table is not None
+
     @property
     def fast_levels(self) -> tuple[bool, ...]:
         """Per level, whether its regions are read directly (True) or through wsidicom."""
