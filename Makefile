@@ -16,7 +16,7 @@ ANNOTORIOUS_VENDOR := src/slidebank/web/static/vendor/annotorious
 ANNOTORIOUS_DIST := web/node_modules/@annotorious/openseadragon/dist
 DOCS_VENDOR := src/slidebank/web/static/vendor/docs
 
-.PHONY: system-deps install web demo serve test bench clean
+.PHONY: system-deps install web demo serve test bench docs clean
 
 system-deps:
 	@missing=""; for package in $(SYSTEM_PACKAGES); do \
@@ -67,6 +67,11 @@ serve: install
 
 test: install
 	$(BIN)/python -m pytest -n 2 --durations=15
+
+# The SDK's reference (slidebank.client, slidebank.patches) as HTML, from its docstrings.
+docs: install
+	$(BIN)/pdoc -o build/sdk-docs slidebank.client slidebank.patches
+	@echo "SDK reference: build/sdk-docs/index.html"
 
 bench: install
 	sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; command -v wrk >/dev/null && command -v nginx >/dev/null \

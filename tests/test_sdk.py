@@ -341,3 +341,24 @@ def test_large_tiles_mean_fewer_frames_per_answer(site: Site, stored: dict[str, 
         with pytest.raises(BadRequest, match="at most 16 frames"):
             bank._transport.request("GET", f"/api/slides/{slide_id}/frames",
                                     params={"level": 0, "tiles": ",".join(["0_0"] * 17)})
+
+
+def test_the_sdk_reference_renders_from_the_docstrings(tmp_path: Path) -> None:
+    """`make docs` (pdoc) renders the SDK's reference: every public name, with the examples."""
+    import subprocess
+    import sys
+
+    pdoc = Path(sys.executable).with_name("pdoc")
+    done = subprocess.run([str(pdoc), "-o", str(tmp_path), "slidebank.client", "slidebank.patches"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    client = (tmp_path / "slidebank" / "client.html").read_text()
+    for name in ("Client", "RemoteSlide", "read_region", "read_regions_array", "NotFound", "TokenRejected",
+                 "ServerUnreachable", "Client.local", "get_best_level_for_downsample"):
+        assert name in client, name
+    import re
+
+    assert "bank.search(" in re.sub(r"<[^>]+>", "", client)  # the package's example is there
+    patches = (tmp_path / "slidebank" / "patches.html").read_text()
+    for name in ("PatchDataset", "PatchStream", "Sampling", "export_webdataset", "AnnotationLabeler"):
+        assert name in patches, name
