@@ -40,8 +40,8 @@ FINISHED = frozenset({"done", "failed", "cancelled"})
 class Client:
     """A connection to one Slidebank node as one user (an API token; none: anonymous, open data only).
 
-    `cache_mb`: decoded frames kept in memory for every slide opened (neighbouring patches share
-    frames); `workers`: batches of frames fetched at once for large regions; `retries`: attempts
+    `cache_mb`: stored frames kept in memory, encoded and decoded, for every slide opened
+    (neighbouring patches share frames); `workers`: batches of frames fetched at once for large regions; `retries`: attempts
     after a transient failure, with exponential back-off; `progress`: a progress bar for long
     reads (None: when standard error is a terminal).
     """
