@@ -30,8 +30,8 @@ from rich.table import Table
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from regions import SLIDE_ID, cached_slide, ingested_node  # noqa: E402  (bench scripts are not a package)
-from sdk import bench_token, start_server, stop_server  # noqa: E402
+from regions import SLIDE_ID  # noqa: E402  (bench scripts are not a package)
+from sdk import served_slide, stop_server  # noqa: E402
 from slidebank.client import Client  # noqa: E402
 from slidebank.patches import PatchDataset, Sampling  # noqa: E402
 
@@ -72,11 +72,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / ".work")
     args = parser.parse_args()
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    source = cached_slide(args.workdir, args.size_gpx)
-    home = ingested_node(args.workdir, source, fresh=False)
-    token = bench_token(home)
-    server, base = start_server(home, 2)
+    source, token, server, base = served_slide(args.workdir, args.size_gpx, 2)
     results: dict[tuple[str, str], list[float]] = {}
     try:
         with Client(base, token, progress=False) as bank:

@@ -92,6 +92,17 @@ def start_server(home: Path, workers: int) -> tuple[subprocess.Popen, str]:
     sys.exit("slidebank serve did not start")
 
 
+def served_slide(workdir: Path, gpx: float, workers: int) -> tuple[Path, str, subprocess.Popen, str]:
+    """The benchmark slide (built and ingested once), an administrator's token and a running server:
+    (source file, token, server process, base URL)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    source = cached_slide(workdir, gpx)
+    home = ingested_node(workdir, source, fresh=False)
+    token = bench_token(home)
+    server, base = start_server(home, workers)
+    return source, token, server, base
+
+
 def stop_server(server: subprocess.Popen) -> None:
     server.terminate()
     try:
@@ -145,11 +156,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / ".work")
     args = parser.parse_args()
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    source = cached_slide(args.workdir, args.size_gpx)
-    home = ingested_node(args.workdir, source, fresh=False)
-    token = bench_token(home)
-    server, base = start_server(home, args.server_workers)
+    source, token, server, base = served_slide(args.workdir, args.size_gpx, args.server_workers)
     rows: list[tuple[str, float, float]] = []
     try:
         with openslide.OpenSlide(str(source)) as reference:

@@ -19,7 +19,7 @@ from fastapi import HTTPException
 from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from slidebank.api.frames import frames_answer, max_frames
+from slidebank.api.frames import frames_answer, max_frames, parse_tiles
 from slidebank.api.security import SESSION_COOKIE, Gatekeeper
 from slidebank.api.tiles import CORS, caching_headers, not_modified
 from slidebank.catalog.identifiers import SLIDE_ID_CHARACTERS
@@ -87,14 +87,10 @@ class PixelFastPath:
         checked = self._checked(scope, pyramid, match["slide_id"], f"frames level {level}", path, None)
         if checked is None or checked[0] == 304:
             return checked
-        slide = pyramid.slide
         try:
-            media_type = slide.frame_encoding(level).media_type
-            parts = [slide.read_encoded_tile(level, *map(int, tile.split("_")), crop_to_level=False)
-                     for tile in query["tiles"].split(",")]
+            body, content_type = frames_answer(pyramid.slide, level, parse_tiles(query["tiles"]))
         except IndexError:  # outside the pyramid: the documented route explains
             return None
-        body, content_type = frames_answer(parts, media_type)
         return 200, {**checked[1], "Content-Type": content_type}, body
 
     def _checked(self, scope: Scope, pyramid: SlidePyramid, slide_id: str, where: str, path: str,

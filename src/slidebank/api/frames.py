@@ -31,7 +31,14 @@ def max_frames(slide: StoredSlide) -> int:
     """Frames one answer may carry for this slide (its largest tiles decide)."""
     largest = max(width * height for width, height in slide.level_tile_dimensions)
     return max(1, min(MAX_FRAMES, MAX_FRAME_PIXELS // largest))
+
+
 TILE_LIST = r"^\d{1,9}_\d{1,9}(,\d{1,9}_\d{1,9})*$"
+
+
+def parse_tiles(listed: str) -> list[tuple[int, int]]:
+    """(column, row) of each `COLUMN_ROW` in a comma-separated list (checked against TILE_LIST)."""
+    return [(int(column), int(row)) for column, _, row in (tile.partition("_") for tile in listed.split(","))]
 
 
 BOUNDARY = secrets.token_hex(16)
@@ -39,8 +46,11 @@ BOUNDARY = secrets.token_hex(16)
 pattern per boundary they meet, which a new boundary per answer would make them do every time."""
 
 
-def frames_answer(parts: list[bytes], media_type: str) -> tuple[bytes, str]:
-    """The body and content type of an answer of stored frames."""
+def frames_answer(slide: StoredSlide, level: int, tiles: list[tuple[int, int]]) -> tuple[bytes, str]:
+    """The body and content type of an answer of stored frames, whole and as stored (the route and
+    the fast path send the same); IndexError for a tile or level outside the pyramid."""
+    media_type = slide.frame_encoding(level).media_type
+    parts = [slide.read_encoded_tile(level, column, row, crop_to_level=False) for column, row in tiles]
     boundary = BOUNDARY
     if any(boundary.encode() in part for part in parts):  # never in practice; then a boundary of its own
         boundary = secrets.token_hex(16)
@@ -94,7 +104,7 @@ def frame_routes(tiles: TileService, gatekeeper: Gatekeeper) -> APIRouter:
         caller: Principal = Depends(current),
         if_none_match: Annotated[str | None, Header()] = None,
     ) -> Response:
-        wanted = [tuple(int(n) for n in tile.split("_")) for tile in tiles_asked.split(",")]
+        wanted = parse_tiles(tiles_asked)
         gatekeeper.slide_dataset(caller, slide_id)  # access first: a refused caller learns nothing more
         pyramid = tiles.pyramid(slide_id)
         if len(wanted) > (most := max_frames(pyramid.slide)):
@@ -105,13 +115,10 @@ def frame_routes(tiles: TileService, gatekeeper: Gatekeeper) -> APIRouter:
         headers = caching_headers(pyramid, f"{request.url.path}?{request.url.query}", gatekeeper.is_open(dataset))
         if not_modified(headers, if_none_match):
             return Response(status_code=304, headers=headers)
-        slide = pyramid.slide
         try:
-            media_type = slide.frame_encoding(level).media_type
-            parts = [slide.read_encoded_tile(level, column, row, crop_to_level=False) for column, row in wanted]
+            body, content_type = frames_answer(pyramid.slide, level, wanted)
         except IndexError as error:
             raise HTTPException(400, str(error)) from error
-        body, content_type = frames_answer(parts, media_type)
         return Response(body, headers={**headers, "Content-Type": content_type})
 
     return router

@@ -20,12 +20,12 @@ from slidebank.client.cache import FrameCache
 from slidebank.client.errors import ServerError
 from slidebank.client.transport import Transport, multipart_parts
 from slidebank.slides.frames import FrameDecoder, FrameEncoding
-from slidebank.slides.reader import level_coordinate
 from slidebank.slides.vocabulary import OpenSlideVocabulary
 
 FRAMES_PER_BATCH = 16  # a region larger than this is fetched in several batches at once
 MAX_TILE_SIDE = 8192  # larger stored tiles than this are a malformed description, not a slide
 Progress = Callable[[int, int], None]  # (frames done, frames in all)
+Region = tuple[int, int, int, int]  # left, top, right, bottom in a level's pixels
 
 
 class RemoteSlide(OpenSlideVocabulary):
@@ -162,30 +162,21 @@ class RemoteSlide(OpenSlideVocabulary):
 
     # -- regions -------------------------------------------------------------------------------
 
-    def _check_level(self, level: int) -> None:
-        if not 0 <= level < self.level_count:
-            raise IndexError(f"level {level} out of range (the slide has {self.level_count})")
-
-    def _place(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
-        """(x, y, width, height) of a region in the level's own pixels (as OpenSlide maps them)."""
-        self._check_level(level)
-        width, height = int(size[0]), int(size[1])
-        if width < 0 or height < 0:
-            raise ValueError(f"negative size {size}")
-        if level == 0:
-            return int(location[0]), int(location[1]), width, height
-        downsample = self.level_downsamples[level]
-        return level_coordinate(location[0], downsample), level_coordinate(location[1], downsample), width, height
+    def _clip(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> tuple[Region, Region]:
+        """The region in the level's pixels, and the part of it inside the level (empty: nothing
+        inside), each as (left, top, right, bottom)."""
+        x, y, width, height = self._level_region(location, level, size)
+        level_width, level_height = self.level_dimensions[level]
+        left, top = max(x, 0), max(y, 0)
+        return (x, y, x + width, y + height), (left, top, max(min(x + width, level_width), left),
+                                                max(min(y + height, level_height), top))
 
     def _inside(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> tuple[slice, slice] | None:
         """The part of a region inside the slide, in the region's pixels; None when all of it is."""
-        x, y, width, height = self._place(location, level, size)
-        level_width, level_height = self.level_dimensions[level]
-        left, top = max(x, 0), max(y, 0)
-        right, bottom = max(min(x + width, level_width), left), max(min(y + height, level_height), top)
-        if (left, top, right, bottom) == (x, y, x + width, y + height):
+        (x, y, right, bottom), inner = self._clip(location, level, size)
+        if inner == (x, y, right, bottom):
             return None
-        return slice(top - y, bottom - y), slice(left - x, right - x)
+        return slice(inner[1] - y, inner[3] - y), slice(inner[0] - x, inner[2] - x)
 
     def _read(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         """The region's RGB pixels, black outside the slide."""
@@ -198,13 +189,11 @@ class RemoteSlide(OpenSlideVocabulary):
         plans = []
         wanted: dict[int, dict[tuple[int, int], int]] = {}
         for location, level, size in regions:
-            x, y, width, height = self._place(location, level, size)
-            level_width, level_height = self.level_dimensions[level]
+            outer, (left, top, right, bottom) = self._clip(location, level, size)
+            x, y = outer[0], outer[1]
             tile_width, tile_height = self.level_tile_dimensions[level]
-            left, top = max(x, 0), max(y, 0)
-            right, bottom = min(x + width, level_width), min(y + height, level_height)
-            inside = left == x and top == y and right == x + width and bottom == y + height
-            out = (np.empty if inside else np.zeros)((height, width, 3), np.uint8)
+            shape = (outer[3] - y, outer[2] - x, 3)
+            out = (np.empty if outer == (left, top, right, bottom) else np.zeros)(shape, np.uint8)
             plans.append((out, level, x, y, left, top, right, bottom))
             if left >= right or top >= bottom:
                 continue

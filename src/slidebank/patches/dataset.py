@@ -16,7 +16,6 @@ DataLoader worker opens its own connection to the node (`ClientSpec`).
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -193,9 +192,3 @@ class PatchStream(IterableDataset):
             share = share[worker.id :: worker.num_workers]
         for start in range(0, len(share), STREAM_BATCH):  # fetched together, yielded one by one
             yield from self.patches.__getitems__(share[start:start + STREAM_BATCH])
-
-
-def png_bytes(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()

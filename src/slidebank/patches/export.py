@@ -22,8 +22,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image
+
 from slidebank.client import Client
-from slidebank.patches.dataset import PatchDataset, png_bytes
+from slidebank.patches.dataset import PatchDataset
 
 MANIFEST = "manifest.json"
 READ_BATCH = 32  # patches read together (their frames in a request or two)
@@ -40,6 +43,13 @@ def _digest(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             sha.update(chunk)
     return sha.hexdigest()
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """Lossless, and quick to write (training reads each patch many times, writes it once)."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
 
 
 def _add(archive: tarfile.TarFile, name: str, content: bytes) -> None:

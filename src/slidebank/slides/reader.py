@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import ctypes
 import itertools
-import math
 import os
 import platform
 import struct
@@ -52,7 +51,7 @@ from cachetools import LRUCache
 from PIL import Image
 
 from slidebank.slides.frames import JPEG_BASELINE, FrameEncoding
-from slidebank.slides.vocabulary import OpenSlideVocabulary
+from slidebank.slides.vocabulary import OpenSlideVocabulary, region_size
 
 if TYPE_CHECKING:
     from wsidicom import WsiDicom
@@ -72,7 +71,6 @@ __all__ = [
     "NotDirectFrame",
     "decode_jpeg_frame",
     "JPEG_BASELINE",
-    "level_coordinate",
 ]
 
 # openslide-python's property names, so code written for OpenSlide reads them unchanged.
@@ -572,8 +570,7 @@ class StoredSlide(OpenSlideVocabulary):
         """
         if as_array:
             return self.read_region_array(location, level, size)
-        x, y = self._level_location(location, level)
-        width, height = _size(size)
+        x, y, width, height = self._level_region(location, level, size)
         if not width or not height:
             return Image.new("RGBA", (width, height))
         pixels = self._read(level, x, y, width, height, 4, None)
@@ -587,15 +584,14 @@ class StoredSlide(OpenSlideVocabulary):
         `out` (same shape and dtype, e.g. one slot of a batch) is filled and returned instead of
         a new array.
         """
-        x, y = self._level_location(location, level)
-        width, height = _size(size)
+        x, y, width, height = self._level_region(location, level, size)
         return self._read(level, x, y, width, height, 3, out)
 
     def read_level_array(
         self, level: int, location: tuple[int, int], size: tuple[int, int], *, out: np.ndarray | None = None
     ) -> np.ndarray:
         """Like `read_region_array`, with `location` in the level's own pixels (as wsidicom)."""
-        width, height = _size(size)
+        width, height = region_size(size)
         return self._read(level, int(location[0]), int(location[1]), width, height, 3, out)
 
     # -- tiles, for tile servers -------------------------------------------------------------
@@ -703,11 +699,8 @@ class StoredSlide(OpenSlideVocabulary):
             raise IndexError(f"level {level} out of range (the slide has {len(self._levels)})")
         return self._levels[level]
 
-    def _level_location(self, location: tuple[int, int], level: int) -> tuple[int, int]:
-        downsample = self._level(level).downsample
-        if level == 0:
-            return int(location[0]), int(location[1])
-        return level_coordinate(location[0], downsample), level_coordinate(location[1], downsample)
+    def _check_level(self, level: int) -> None:
+        self._level(level)  # closed, or out of range
 
     @staticmethod
     def _check_tile(level: _Level, column: int, row: int) -> None:
@@ -826,25 +819,6 @@ class StoredSlide(OpenSlideVocabulary):
 
 # --------------------------------------------------------------------------------------------
 # Helpers
-
-
-def level_coordinate(value: float, downsample: float) -> int:
-    """The level pixel for a level-0 coordinate, as close to OpenSlide as whole pixels get.
-
-    OpenSlide paints a level at `value / downsample` (interpolating between pixels when that is
-    not whole), and left of or above the slide shifts by whole level pixels, rounded toward 0.
-    The nearest pixel also inverts the usual `int(level_pixel * downsample)` exactly.
-    """
-    if value >= 0:
-        return math.floor(value / downsample + 0.5)
-    return -int(-value / downsample)
-
-
-def _size(size: tuple[int, int]) -> tuple[int, int]:
-    width, height = int(size[0]), int(size[1])
-    if width < 0 or height < 0:
-        raise ValueError(f"negative size {size}")
-    return width, height
 
 
 _transformer: Any = None
