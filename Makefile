@@ -48,7 +48,21 @@ $(BIN)/slidebank: pyproject.toml | system-deps
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $@
 
-install: system-deps $(BIN)/slidebank web
+# Flower (federated training) pins older FastAPI, Starlette, Typer and Rich than Slidebank, so it has
+# its own virtualenv. That environment falls back on Slidebank's (a .pth adds its site-packages after
+# its own): Flower's processes import slidebank.federated and torch from there without a second copy.
+FLOWER_VENV ?= .venv-flower
+FLOWER_VERSION := 1.42.0
+$(FLOWER_VENV)/bin/flower-superlink: $(BIN)/slidebank
+	test -x $(FLOWER_VENV)/bin/python || $(PYTHON) -m venv $(FLOWER_VENV)
+	$(FLOWER_VENV)/bin/python -m pip install -q "flwr==$(FLOWER_VERSION)"
+	main=$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
+	own=$$($(FLOWER_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
+	echo "import site; site.addsitedir('$$main')" > $$own/zz-slidebank.pth
+	$(FLOWER_VENV)/bin/python -c "import flwr, torch, slidebank.federated.client_app"
+	touch $@
+
+install: system-deps $(BIN)/slidebank $(FLOWER_VENV)/bin/flower-superlink web
 
 demo: install
 	$(BIN)/slidebank init
@@ -66,7 +80,7 @@ serve: install
 	$(BIN)/slidebank serve --host $(HOST) --port $(PORT)
 
 test: install
-	$(BIN)/python -m pytest -n 2 --durations=15
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=15
 
 # The SDK's reference (slidebank.client, slidebank.patches) as HTML, from its docstrings.
 docs: install

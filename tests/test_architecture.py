@@ -13,6 +13,7 @@ SOURCE = Path(__file__).resolve().parents[1] / "src" / "slidebank"
 # Top to bottom. A package may import only packages of layers below its own.
 LAYERS: list[set[str]] = [
     {"cli"},  # the command line (it runs exports through the SDK)
+    {"federated"},  # federated training (Flower): nodes train on their own patches through the SDK
     {"patches"},  # training data: sampling, labels, PyTorch datasets, export
     {"client"},  # the SDK: over HTTP, or on a local node through the API app
     {"api"},  # the HTTP front end

@@ -174,10 +174,12 @@ class Gatekeeper:
                 self._audit.record(principal.name, action, dataset=dataset, grant=principal.grants.get(dataset),
                                    detail={"matches": count, **detail})
 
-    def record_export(self, principal: Principal, slides_per_dataset: dict[str, int], **detail: object) -> None:
-        """Audit an export: one entry per dataset, open ones too (files leave the node)."""
+    def record_patch_use(self, principal: Principal, slides_per_dataset: dict[str, int], use: str, **detail: object) -> None:
+        """Audit an export or a training read: one entry per dataset, open ones too (files, or what a
+        model learnt from them, leave the node)."""
+        action = "patches.export" if use == "export" else "patches.train"
         for dataset, count in sorted(slides_per_dataset.items()):
-            self._audit.record(principal.name, "patches.export", dataset=dataset, grant=principal.grants.get(dataset),
+            self._audit.record(principal.name, action, dataset=dataset, grant=principal.grants.get(dataset),
                                detail={"slides": count, **detail})
 
     def may_view(self, request: Request, slide_id: str) -> bool:

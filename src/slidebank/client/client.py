@@ -161,10 +161,11 @@ class Client:
         with Image.open(io.BytesIO(answer.content)) as image:
             return image.convert("RGBA")
 
-    def start_export(self, slides: list[str], parameters: dict[str, Any]) -> dict[str, Any]:
-        """Declare a patch export of these slides to the node: checked against your grants, audited;
-        returns its id and the grant that covers each dataset (for the export's provenance)."""
-        return self._transport.post_json("/api/patch-exports", {"slides": slides, "parameters": parameters})
+    def start_export(self, slides: list[str], parameters: dict[str, Any], use: str = "export") -> dict[str, Any]:
+        """Declare a patch export (`use="export"`) or training read (`"training"`) of these slides to
+        the node: checked against your grants, audited; returns its id and the grant that covers
+        each dataset (for the provenance of the export or the model)."""
+        return self._transport.post_json("/api/patch-exports", {"slides": slides, "parameters": parameters, "use": use})
 
     # -- jobs ------------------------------------------------------------------------------
 

@@ -543,6 +543,7 @@ def write_aperio_jpeg_svs(
     levels: int = 3,
     mpp: float | None = 0.5,
     tiff_resolution_mpp: float | None = None,
+    pixels: np.ndarray | None = None,
 ) -> Path:
     """An ordinary JPEG Aperio SVS (4:2:0 YCbCr tiles, as scanners write them).
 
@@ -550,9 +551,10 @@ def write_aperio_jpeg_svs(
     than the converter must add, so tests see the edge frames of generated levels. `mpp=None`
     leaves out 'MPP =' (opentile then refuses the file); `tiff_resolution_mpp` writes the TIFF
     resolution tags, which OpenSlide's Aperio driver ignores (so they cannot stand in for 'MPP =').
+    `pixels` (Y, X, 3 uint8) replaces the test pattern (and `width`, `height`).
     """
     path = Path(path)
-    pyramid = box_pyramid(rgb_pattern(width, height), levels)
+    pyramid = box_pyramid(rgb_pattern(width, height) if pixels is None else pixels, levels)
     extra: dict[str, Any] = {"compressionargs": {"level": 90}, "subsampling": (2, 2)}
     if tiff_resolution_mpp:
         extra |= {"resolution": (10_000 / tiff_resolution_mpp,) * 2, "resolutionunit": "CENTIMETER"}
