@@ -187,6 +187,7 @@ class Federation:
     revoked_at_round: int
     logs: Path
     local_data: dict[str, TensorDataset]
+    coordinator: str
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +246,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
         stdout, stderr = submitted.communicate(timeout=600)
         assert submitted.returncode == 0, stdout + stderr + "".join(p.read_text() for p in logs.iterdir())
         yield Federation(nodes, held_out, out, relays, json.loads(stdout.strip().splitlines()[-1]), revoked_at_round,
-                         logs, local_data)
+                         logs, local_data, f"127.0.0.1:{coordinator_port}")
 
 
 @needs_flower
@@ -324,6 +325,32 @@ def test_no_pixels_pass_between_nodes_and_coordinator(federation: Federation) ->
         row = image[rng.integers(0, image.shape[0])].tobytes()
         start = int(rng.integers(0, len(row) - 48))
         assert row[start:start + 48] not in stream
+
+
+@needs_flower
+def test_secure_aggregation_with_clipping_trains_on_every_node(federation: Federation) -> None:
+    """SecAgg+ (the coordinator sees only the sum of the updates) with client-side DP clipping and
+    noise: every node still reports who it is and what it read, and the model moves."""
+    east = federation.nodes["east"]
+    request = run_cli("access", "request", "--user", "trainer", "--dataset", east.dataset, "--purpose",
+                      "Federated tissue classifier, again", home=east.home, check=True).stdout.strip()
+    until = (date.today() + timedelta(days=30)).isoformat()
+    regranted = run_cli("access", "approve", request, "--expires", until, "--as", "dac", home=east.home,
+                        check=True).stdout.strip()
+    out = federation.out.with_name("run-secagg")
+    ran = subprocess.run([str(SLIDEBANK_BIN), "federated", "run", "--coordinator", federation.coordinator, "--out", str(out),
+                          *[a for c in CLASSES for a in ("--class", c)], "--rounds", "1", "--min-nodes", "3",
+                          "--secure-aggregation", "--dp-clipping-norm", "10", "--dp-noise-multiplier", "0.01",
+                          "--timeout", "600"], capture_output=True, text=True, timeout=660)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    said = " ".join((ran.stdout + ran.stderr).split())
+    assert "round 1:" in said and f"east: {len(federation.local_data['east'])} patches" in said, said
+    model, provenance = load_model(out)
+    assert provenance["options"]["secure_aggregation"] and provenance["options"]["dp_clipping_norm"] == 10
+    assert {name: node["rounds_trained"] for name, node in provenance["nodes"].items()} == {n: [1] for n in NODE_CLASSES}
+    assert provenance["nodes"]["east"]["grants"] == [regranted]
+    initial = build_model(PLAN.model, len(CLASSES), PLAN.seed).state_dict()
+    assert any(not torch.equal(initial[k], v) for k, v in model.state_dict().items())
 
 
 def test_join_refuses_a_token_that_reads_nothing(tmp_path: Path) -> None:
