@@ -50,12 +50,14 @@ $(BIN)/slidebank: pyproject.toml | system-deps
 
 # Flower (federated training) pins older FastAPI, Starlette, Typer and Rich than Slidebank, so it has
 # its own virtualenv. That environment falls back on Slidebank's (a .pth adds its site-packages after
-# its own): Flower's processes import slidebank.federated and torch from there without a second copy.
+# its own): Flower's processes import slidebank.federated and torch from there without a second copy,
+# and numpy is pinned to Slidebank's, which the compiled packages found that way were built against.
 FLOWER_VENV ?= .venv-flower
 FLOWER_VERSION := 1.42.0
 $(FLOWER_VENV)/bin/flower-superlink: $(BIN)/slidebank
 	test -x $(FLOWER_VENV)/bin/python || $(PYTHON) -m venv $(FLOWER_VENV)
-	$(FLOWER_VENV)/bin/python -m pip install -q "flwr==$(FLOWER_VERSION)"
+	$(FLOWER_VENV)/bin/python -m pip install -q "flwr==$(FLOWER_VERSION)" \
+		"numpy==$$($(BIN)/python -c 'import numpy; print(numpy.__version__)')"
 	main=$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
 	own=$$($(FLOWER_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
 	echo "import site; site.addsitedir('$$main')" > $$own/zz-slidebank.pth
@@ -80,7 +82,7 @@ serve: install
 	$(BIN)/slidebank serve --host $(HOST) --port $(PORT)
 
 test: install
-	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=15
+	$(BIN)/python -m pytest -n 2 --durations=15
 
 # The SDK's reference (slidebank.client, slidebank.patches) as HTML, from its docstrings.
 docs: install

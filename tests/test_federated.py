@@ -25,7 +25,6 @@ import pytest
 from conftest import SLIDEBANK_BIN, json_lines, run_cli, running_server
 
 torch = pytest.importorskip("torch")
-pytestmark = pytest.mark.xdist_group("federation")  # one worker sets the federation up, once
 
 from torch.utils.data import TensorDataset  # noqa: E402
 
@@ -148,6 +147,13 @@ class Relay:
         self.listener.close()
 
 
+def write_artifact(name: str, content: dict) -> None:
+    """Numbers the closing note quotes, kept with the run's other artifacts."""
+    folder = Path(__file__).resolve().parents[1] / "test-artifacts"
+    folder.mkdir(exist_ok=True)
+    (folder / name).write_text(json.dumps(content, indent=1))
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -183,25 +189,21 @@ class Federation:
     held_out: SlidebankNode
     out: Path
     relays: dict[str, Relay]
-    run: dict
-    revoked_at_round: int
     logs: Path
     local_data: dict[str, TensorDataset]
     coordinator: str
 
 
-@pytest.fixture(scope="module")
-def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
-    if not FLOWER:
-        pytest.skip("Flower's runtime (.venv-flower) is not installed: make install")
-    folder = tmp_path_factory.mktemp("federated")
+@contextlib.contextmanager
+def three_node_federation(folder: Path) -> Iterator[Federation]:
+    """Three nodes and a coordinator, a finished 3-round run, the east node's grant revoked after round 1."""
     logs = folder / "logs"
     logs.mkdir()
     homes = {}
     for seed, (name, classes) in enumerate(NODE_CLASSES.items(), start=1):
-        datasets = {f"{name}-tissue": [layout(classes, seed * 10 + i) for i in range(2)]}
-        if name == "north":  # the held-out slides: every class, on slides no node trains on
-            datasets["held-out"] = [layout(CLASSES, 99 + i) for i in range(2)]
+        datasets = {f"{name}-tissue": [layout(classes, seed * 10)]}
+        if name == "north":  # the held-out slide: every class, on a slide no node trains on
+            datasets["held-out"] = [layout(CLASSES, 99)]
         homes[name] = make_node(folder, name, datasets, seed)
     coordinator_port = free_port()
     with contextlib.ExitStack() as stack:
@@ -230,27 +232,24 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
                 str(node.token_file), "--dataset", node.dataset, "--name", name, "--state", str(folder / f"{name}-flower"),
                 "--insecure", log=logs / f"{name}.log"))
         local_data = {name: in_memory(node) for name, node in nodes.items()}  # before any grant goes
-        out = folder / "run"
-        command = [str(SLIDEBANK_BIN), "federated", "run", "--coordinator", f"127.0.0.1:{coordinator_port}",
-                   "--out", str(out), *[a for c in CLASSES for a in ("--class", c)], "--rounds", str(ROUNDS),
-                   "--local-epochs", str(PLAN.local_epochs), "--patch-size", str(PLAN.patch_size),
-                   "--min-nodes", "3", "--timeout", "600", "--json"]
-        submitted = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        # Once the first round is in, the east node's committee revokes its grant.
-        deadline = time.monotonic() + 600
-        while not read_rounds(out) and submitted.poll() is None:
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
-        revoked_at_round = len(read_rounds(out))
-        run_cli("access", "revoke", nodes["east"].grant, home=nodes["east"].home, check=True)
-        stdout, stderr = submitted.communicate(timeout=600)
-        assert submitted.returncode == 0, stdout + stderr + "".join(p.read_text() for p in logs.iterdir())
-        yield Federation(nodes, held_out, out, relays, json.loads(stdout.strip().splitlines()[-1]), revoked_at_round,
-                         logs, local_data, f"127.0.0.1:{coordinator_port}")
+        federation = Federation(nodes, held_out, folder / "coordinator" / "runs" / "run", relays, logs, local_data,
+                                f"127.0.0.1:{coordinator_port}")
+        ran = submit(federation, federation.out, "--rounds", str(ROUNDS), "--local-epochs", str(PLAN.local_epochs),
+                     "--patch-size", str(PLAN.patch_size))
+        assert ran.returncode == 0, ran.stdout + ran.stderr + "".join(p.read_text() for p in logs.iterdir())
+        yield federation
 
 
-@needs_flower
-def test_the_federated_model_beats_every_node_alone(federation: Federation) -> None:
+def submit(federation: Federation, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(submit_command(federation, out, *extra), capture_output=True, text=True, timeout=660)
+
+
+def submit_command(federation: Federation, out: Path, *extra: str) -> list[str]:
+    return [str(SLIDEBANK_BIN), "federated", "run", "--coordinator", federation.coordinator, "--out", str(out),
+            *[a for c in CLASSES for a in ("--class", c)], "--min-nodes", "3", "--timeout", "600", *extra]
+
+
+def check_the_federated_model_beats_every_node_alone(federation: Federation) -> None:
     model, provenance = load_model(federation.out)
     assert provenance["status"] == "completed" and len(provenance["rounds"]) == ROUNDS
     epochs = ROUNDS * PLAN.local_epochs  # what each node alone, and the pooled data, get
@@ -269,14 +268,12 @@ def test_the_federated_model_beats_every_node_alone(federation: Federation) -> N
     report = {"federated": federated, "pooled": pooled_accuracy, **{f"{n} alone": a for n, a in alone.items()},
               "held-out patches": len(held_out)}
     print("held-out accuracy:", json.dumps(report))
-    (Path(__file__).resolve().parents[1] / "test-artifacts").mkdir(exist_ok=True)
-    (Path(__file__).resolve().parents[1] / "test-artifacts" / "federated-accuracy.json").write_text(json.dumps(report))
+    write_artifact("federated-accuracy.json", report)
     assert all(federated > accuracy for accuracy in alone.values()), report
     assert federated >= 0.85, report
 
 
-@needs_flower
-def test_every_training_read_is_in_its_nodes_audit_with_its_grant(federation: Federation) -> None:
+def check_every_training_read_is_in_its_nodes_audit_with_its_grant(federation: Federation) -> None:
     nodes = json.loads(federation.out.joinpath("provenance.json").read_text())["nodes"]
     assert set(nodes) == set(NODE_CLASSES)
     for name, node in federation.nodes.items():
@@ -287,25 +284,37 @@ def test_every_training_read_is_in_its_nodes_audit_with_its_grant(federation: Fe
         assert all(e["actor"] == "trainer" and e["grant"] == node.grant and e["dataset"] == node.dataset
                    for e in training)
         assert nodes[name]["grants"] == [node.grant] and nodes[name]["datasets"] == [node.dataset]
-        if name != "east":
-            patches = len(federation.local_data[name])
-            assert contributed == list(range(1, ROUNDS + 1)) and nodes[name]["patches"] == patches * ROUNDS
+        assert contributed == list(range(1, ROUNDS + 1))
+        assert nodes[name]["patches"] == len(federation.local_data[name]) * ROUNDS
 
 
-@needs_flower
-def test_a_revoked_grant_stops_its_node_at_once(federation: Federation) -> None:
-    east = json.loads(federation.out.joinpath("provenance.json").read_text())["nodes"]["east"]
-    revoked = federation.revoked_at_round  # rounds recorded when the grant went
+def check_a_revoked_grant_stops_its_node_at_once(federation: Federation) -> None:
+    """A second run; once its first round is in, the east node's committee revokes the grant."""
+    out = federation.out.with_name("run-revoked")
+    running = subprocess.Popen(submit_command(federation, out, "--rounds", "3"), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while not read_rounds(out) and running.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    revoked = len(read_rounds(out))  # rounds recorded when the grant went
+    east = federation.nodes["east"]
+    run_cli("access", "revoke", east.grant, home=east.home, check=True)
+    stdout, stderr = running.communicate(timeout=600)
+    assert running.returncode == 0, stdout + stderr
+    record = json.loads(out.joinpath("provenance.json").read_text())["nodes"]["east"]
     # the round under way then may have read before it went; every later one is refused
-    assert 1 in east["rounds_trained"] and all(r <= revoked + 1 for r in east["rounds_trained"]), east
-    assert set(range(revoked + 2, ROUNDS + 1)) <= set(east["rounds_refused"]), east
-    assert east["rounds_refused"] and east["patches"] == len(federation.local_data["east"]) * len(east["rounds_trained"])
-    last = next(n for n in read_rounds(federation.out)[-1]["nodes"] if n["node"] == "east")
+    assert 1 in record["rounds_trained"] and all(r <= revoked + 1 for r in record["rounds_trained"]), record
+    assert set(range(revoked + 2, 4)) <= set(record["rounds_refused"]) and record["rounds_refused"], record
+    assert record["patches"] == len(federation.local_data["east"]) * len(record["rounds_trained"])
+    last = next(n for n in read_rounds(out)[-1]["nodes"] if n["node"] == "east")
     assert last["status"] == "refused" and "east-tissue" in last["reason"], last
+    trained = [e for e in json_lines(run_cli("audit", "show", "--json", home=east.home, check=True).stdout)
+               if e["action"] == "patches.train"]
+    assert len(trained) == ROUNDS + len(record["rounds_trained"])  # the first run's and this one's, no more
 
 
-@needs_flower
-def test_no_pixels_pass_between_nodes_and_coordinator(federation: Federation) -> None:
+def check_no_pixels_pass_between_nodes_and_coordinator(federation: Federation) -> None:
     weights = sum(a.nbytes for a in (p.detach().numpy() for p in build_model(PLAN.model, 3).state_dict().values()))
     north = federation.nodes["north"]
     with north.client() as bank:
@@ -319,6 +328,9 @@ def test_no_pixels_pass_between_nodes_and_coordinator(federation: Federation) ->
         assert 0 < len(up) < ROUNDS * (2 * weights + 256 * 1024), (name, len(up), weights)
         assert len(down) < ROUNDS * (2 * weights + 256 * 1024), (name, len(down), weights)
         assert len(up) < pixels_read / 4, (name, len(up), pixels_read)
+    wire = {name: {"up": len(r.up), "down": len(r.down)} for name, r in federation.relays.items()}
+    write_artifact("federated-wire.json", {"model_bytes": weights, "rounds": ROUNDS, "pixel_bytes_read_per_node": pixels_read,
+                                           "bytes": wire})
     stream = b"".join(bytes(r.up) + bytes(r.down) for r in federation.relays.values())
     rng = np.random.default_rng(0)
     for image in images:  # stretches of the north node's pixel rows appear nowhere on the wire
@@ -327,8 +339,16 @@ def test_no_pixels_pass_between_nodes_and_coordinator(federation: Federation) ->
         assert row[start:start + 48] not in stream
 
 
-@needs_flower
-def test_secure_aggregation_with_clipping_trains_on_every_node(federation: Federation) -> None:
+def check_a_run_writes_only_into_the_coordinators_runs_folder(federation: Federation, folder: Path) -> None:
+    again = submit(federation, federation.out, "--rounds", "1")  # the finished run's folder
+    assert again.returncode != 0 and "already holds a run" in " ".join((again.stdout + again.stderr).split())
+    elsewhere = folder / "elsewhere"
+    escaped = submit(federation, elsewhere, "--rounds", "1")
+    assert escaped.returncode != 0 and "finished:failed" in escaped.stdout + escaped.stderr
+    assert not elsewhere.exists()
+
+
+def check_secure_aggregation_with_clipping_trains_on_every_node(federation: Federation) -> None:
     """SecAgg+ (the coordinator sees only the sum of the updates) with client-side DP clipping and
     noise: every node still reports who it is and what it read, and the model moves."""
     east = federation.nodes["east"]
@@ -338,10 +358,8 @@ def test_secure_aggregation_with_clipping_trains_on_every_node(federation: Feder
     regranted = run_cli("access", "approve", request, "--expires", until, "--as", "dac", home=east.home,
                         check=True).stdout.strip()
     out = federation.out.with_name("run-secagg")
-    ran = subprocess.run([str(SLIDEBANK_BIN), "federated", "run", "--coordinator", federation.coordinator, "--out", str(out),
-                          *[a for c in CLASSES for a in ("--class", c)], "--rounds", "1", "--min-nodes", "3",
-                          "--secure-aggregation", "--dp-clipping-norm", "10", "--dp-noise-multiplier", "0.01",
-                          "--timeout", "600"], capture_output=True, text=True, timeout=660)
+    ran = submit(federation, out, "--rounds", "1", "--secure-aggregation", "--dp-clipping-norm", "10",
+                 "--dp-noise-multiplier", "0.01")
     assert ran.returncode == 0, ran.stdout + ran.stderr
     said = " ".join((ran.stdout + ran.stderr).split())
     assert "round 1:" in said and f"east: {len(federation.local_data['east'])} patches" in said, said
@@ -351,6 +369,18 @@ def test_secure_aggregation_with_clipping_trains_on_every_node(federation: Feder
     assert provenance["nodes"]["east"]["grants"] == [regranted]
     initial = build_model(PLAN.model, len(CLASSES), PLAN.seed).state_dict()
     assert any(not torch.equal(initial[k], v) for k, v in model.state_dict().items())
+
+
+@needs_flower
+def test_three_nodes_train_one_model_and_share_no_pixels(tmp_path: Path) -> None:
+    """One federation (setting it up is most of the cost), every claim checked on it in turn."""
+    with three_node_federation(tmp_path) as federation:
+        check_the_federated_model_beats_every_node_alone(federation)
+        check_every_training_read_is_in_its_nodes_audit_with_its_grant(federation)
+        check_no_pixels_pass_between_nodes_and_coordinator(federation)
+        check_a_revoked_grant_stops_its_node_at_once(federation)
+        check_a_run_writes_only_into_the_coordinators_runs_folder(federation, tmp_path)
+        check_secure_aggregation_with_clipping_trains_on_every_node(federation)
 
 
 def test_join_refuses_a_token_that_reads_nothing(tmp_path: Path) -> None:

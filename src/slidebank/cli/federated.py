@@ -2,9 +2,9 @@
 
     slidebank federated coordinator --state DIR --port 9092 --insecure        # the coordinating server
     slidebank federated join --coordinator HOST:9092 --node https://node-a --token-file T --dataset D --insecure
-    slidebank federated run --coordinator HOST:9092 --class Tumor --class Stroma --rounds 5 --out RUN --wait
-    slidebank federated show RUN                 # per-round metrics, who contributed what, the model's digest
-    slidebank federated evaluate RUN --node URL --token-file T --dataset HELD_OUT
+    slidebank federated run --coordinator HOST:9092 --class Tumor --class Stroma --rounds 5 --out DIR/runs/RUN
+    slidebank federated show DIR/runs/RUN        # per-round metrics, who contributed what, the model's digest
+    slidebank federated evaluate DIR/runs/RUN --node URL --token-file T --dataset HELD_OUT
 """
 
 from __future__ import annotations
@@ -65,10 +65,10 @@ def coordinator(
     try:
         state.mkdir(parents=True, exist_ok=True)
         command = runtime.coordinator_command(state.resolve(), host, port)
-        env = runtime.flower_env(state.resolve() / "flwr-home")
+        env = runtime.coordinator_env(state.resolve())
     except runtime.FlowerError as error:
         fail(str(error))
-    console.print(f"coordinator on {host}:{port}, state in {state}")
+    console.print(f"coordinator on {host}:{port}, state in {state}, runs write into {runtime.runs_root(state)}")
     _exec(command, env)
 
 
@@ -114,7 +114,8 @@ def join(
 @federated_app.command("run")
 def run(
     coordinator_address: CoordinatorOption,
-    out: Annotated[Path, typer.Option(help="Folder (on the coordinator's machine) for the model and its provenance")],
+    out: Annotated[Path, typer.Option(help="Folder for the model and its provenance, inside the coordinator's "
+                                      "STATE/runs on its machine")],
     classes: Annotated[list[str], typer.Option("--class", help="An annotation class to learn (two or more)")],
     model: Annotated[str, typer.Option(help="small-cnn or colour-logistic")] = "small-cnn",
     rounds: Annotated[int, typer.Option(help="Federated rounds")] = 3,

@@ -110,10 +110,29 @@ def contributions(rounds: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]
 
 
 def read_rounds(folder: Path) -> list[dict[str, Any]]:
+    """The rounds recorded so far (a line still being written is left for the next read)."""
     path = Path(folder) / ROUNDS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in path.read_text().split("\n")[:-1] if line.strip()]
+
+
+RUNS_ROOT_VARIABLE = "SLIDEBANK_FEDERATED_RUNS"
+
+
+def run_folder(requested: str, root: str | None) -> Path:
+    """Where a run may write: inside the coordinator's runs folder (`slidebank federated coordinator`
+    sets it), and not over another run. Whoever submits a run names the folder; a name or path
+    outside the root is refused, so a plan cannot write anywhere the coordinator can."""
+    if not root:
+        raise ValueError(f"{RUNS_ROOT_VARIABLE} is not set: start the coordinator with `slidebank federated coordinator`")
+    base = Path(root).resolve()
+    folder = (base / requested).resolve() if requested else base / "unnamed"
+    if folder == base or not folder.is_relative_to(base):
+        raise ValueError(f"a run's output folder is inside {base}, not {requested!r}")
+    if (folder / ROUNDS_FILE).exists() or (folder / PROVENANCE_FILE).exists():
+        raise ValueError(f"{folder} already holds a run: choose another output folder")
+    return folder
 
 
 def load_model(folder: Path) -> tuple[nn.Module, dict[str, Any]]:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from slidebank.federated.journal import read_rounds
+from slidebank.federated.journal import PROVENANCE_FILE, ROUNDS_FILE, RUNS_ROOT_VARIABLE, read_rounds
 from slidebank.federated.plan import TrainingPlan
 
 FLOWER_VERSION = "1.42.0"
@@ -51,6 +51,18 @@ def flower_env(home: Path) -> dict[str, str]:
     env.update({"FLWR_HOME": str(home), "PATH": f"{flower_bin()}{os.pathsep}{env.get('PATH', '')}",
                 "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "PYTHONUNBUFFERED": "1"})
     home.mkdir(parents=True, exist_ok=True)
+    return env
+
+
+def runs_root(state: Path) -> Path:
+    """The one folder a coordinator's runs write their models and provenance into."""
+    return state / "runs"
+
+
+def coordinator_env(state: Path) -> dict[str, str]:
+    env = flower_env(state / "flwr-home")
+    env[RUNS_ROOT_VARIABLE] = str(runs_root(state))
+    runs_root(state).mkdir(parents=True, exist_ok=True)
     return env
 
 
@@ -124,9 +136,12 @@ class Federation:
         return answer
 
     def submit(self, plan: TrainingPlan, output: Path) -> int:
-        """Start a run of `plan`; the model and its provenance will be written to `output` (a folder
-        on the coordinator's machine)."""
-        config = {**plan.run_config(), "output-dir": str(Path(output).resolve())}
+        """Start a run of `plan`; the model and its provenance will be written to `output`, a folder
+        inside the coordinator's `runs` folder on its machine (the server app refuses any other)."""
+        output = Path(output).resolve()
+        if (output / ROUNDS_FILE).exists() or (output / PROVENANCE_FILE).exists():
+            raise FlowerError(f"{output} already holds a run: choose another output folder")
+        config = {**plan.run_config(), "output-dir": str(output)}
         overrides = " ".join(f"{key}={toml_value(value)}" for key, value in config.items())
         answer = self._flwr("run", str(app_folder(Path(self._home.name))), CONNECTION, "--run-config", overrides)
         return int(answer["run-id"])

@@ -9,7 +9,7 @@ parameters themselves are only ever seen summed.
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 from typing import Any
 
 from flwr.app import Context
@@ -30,7 +30,7 @@ from flwr.server.strategy import DifferentialPrivacyClientSideFixedClipping, Fed
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.serverapp import Grid, ServerApp
 
-from slidebank.federated.journal import RunJournal, node_report
+from slidebank.federated.journal import RUNS_ROOT_VARIABLE, RunJournal, node_report, run_folder
 from slidebank.federated.model import build_model, get_weights, set_weights
 from slidebank.federated.plan import TrainingPlan
 
@@ -105,7 +105,8 @@ def main(grid: Grid, context: Context) -> None:
     model = build_model(plan.model, len(plan.classes), plan.seed)
     options = {"strategy": "FedAvg", "secure_aggregation": plan.secure_aggregation,
                "dp_clipping_norm": plan.dp_clipping_norm, "dp_noise_multiplier": plan.dp_noise_multiplier}
-    journal = RunJournal(Path(str(context.run_config["output-dir"])), context.run_id, plan, options)
+    output = run_folder(str(context.run_config["output-dir"]), os.environ.get(RUNS_ROOT_VARIABLE))
+    journal = RunJournal(output, context.run_id, plan, options)
     weights = get_weights(model)
     strategy: Strategy = FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=plan.min_nodes,
                                 min_evaluate_clients=0, min_available_clients=plan.min_nodes,

@@ -48,7 +48,7 @@ def _logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 def train(model: nn.Module, data: Dataset, plan: TrainingPlan, epochs: int | None = None) -> Scores:
     """Adam over `data` for `epochs` (default: the plan's local epochs); a fresh optimiser each call, as
     each federated round starts from the averaged model."""
-    if len(data) == 0:  # type: ignore[arg-type]
+    if len(data) == 0:  # type: ignore[arg-type]  # torch's Dataset declares no __len__; every one given here has it
         raise ValueError("no labelled patches to train on")
     torch.manual_seed(plan.seed)
     optimiser = torch.optim.Adam(model.parameters(), lr=plan.learning_rate)
