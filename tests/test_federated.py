@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -130,7 +131,11 @@ class Relay:
                 inbound, _ = self.listener.accept()
             except OSError:
                 return
-            outbound = socket.create_connection(("127.0.0.1", self.target))
+            try:
+                outbound = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:  # the coordinator is not up yet: the caller retries
+                inbound.close()
+                continue
             threading.Thread(target=self._pump, args=(inbound, outbound, self.up), daemon=True).start()
             threading.Thread(target=self._pump, args=(outbound, inbound, self.down), daemon=True).start()
 
@@ -194,6 +199,16 @@ class Federation:
     coordinator: str
 
 
+def wait_for_coordinator(base: str, log: Path, verify: ssl.SSLContext | bool = True) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{base}/health", timeout=1, verify=verify).status_code == 200:
+                return
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.2)
+
+
 @contextlib.contextmanager
 def three_node_federation(folder: Path) -> Iterator[Federation]:
     """Three nodes and a coordinator, a finished 3-round run, the east node's grant revoked after round 1."""
@@ -216,13 +231,7 @@ def three_node_federation(folder: Path) -> Iterator[Federation]:
                                  north.token_file)
         stack.enter_context(flower_process("coordinator", "--state", str(folder / "coordinator"), "--port",
                                            str(coordinator_port), "--insecure", log=logs / "coordinator.log"))
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{coordinator_port}/health", timeout=1).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, (logs / "coordinator.log").read_text()
-            time.sleep(0.2)
+        wait_for_coordinator(f"http://127.0.0.1:{coordinator_port}", logs / "coordinator.log")
         relays = {}
         for name, node in nodes.items():
             relays[name] = relay = Relay(coordinator_port)
@@ -383,6 +392,41 @@ def test_three_nodes_train_one_model_and_share_no_pixels(tmp_path: Path) -> None
         check_secure_aggregation_with_clipping_trains_on_every_node(federation)
 
 
+@needs_flower
+def test_coordinator_and_node_talk_tls(tmp_path: Path) -> None:
+    """The consortium CA from `federated certificates`: the node and `run` check the coordinator's
+    certificate, and nothing readable passes between them."""
+    home, grants, token_file = make_node(tmp_path, "solo", {"solo-tissue": [layout(CLASSES, 5)]}, 5)
+    run_cli("federated", "certificates", str(tmp_path / "tls"), "--host", "127.0.0.1", home=home, check=True)
+    port = free_port()
+    relay = Relay(port)
+    with contextlib.ExitStack() as stack, running_server(home) as base:
+        stack.callback(relay.close)
+        stack.enter_context(flower_process("coordinator", "--state", str(tmp_path / "coordinator"), "--port", str(port),
+                                           "--tls", str(tmp_path / "tls"), log=tmp_path / "coordinator.log"))
+        wait_for_coordinator(f"https://127.0.0.1:{port}", tmp_path / "coordinator.log",
+                             verify=ssl.create_default_context(cafile=tmp_path / "tls" / "ca.pem"))
+        stack.enter_context(flower_process(
+            "join", "--coordinator", f"127.0.0.1:{relay.port}", "--node", base, "--token-file", str(token_file),
+            "--dataset", "solo-tissue", "--name", "solo", "--state", str(tmp_path / "solo-flower"),
+            "--root-certificates", str(tmp_path / "tls" / "ca.pem"), log=tmp_path / "solo.log"))
+        out = tmp_path / "coordinator" / "runs" / "tls"
+        ran = subprocess.run([str(SLIDEBANK_BIN), "federated", "run", "--coordinator", f"127.0.0.1:{port}",
+                              "--out", str(out), *[a for c in CLASSES for a in ("--class", c)], "--min-nodes", "1",
+                              "--rounds", "1", "--timeout", "120", "--root-certificates",
+                              str(tmp_path / "tls" / "ca.pem")], capture_output=True, text=True, timeout=360)
+        logs = "".join(p.read_text() for p in tmp_path.glob("*.log"))
+        assert ran.returncode == 0, ran.stdout + ran.stderr + logs
+        plain = subprocess.run([str(SLIDEBANK_BIN), "federated", "status", "--coordinator", f"127.0.0.1:{port}", "1"],
+                               capture_output=True, text=True, timeout=180)
+        assert plain.returncode != 0  # a client that does not speak TLS gets nowhere
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["nodes"]["solo"]["rounds_trained"] == [1]
+    with relay.lock:
+        wire = bytes(relay.up) + bytes(relay.down)
+    assert len(relay.up) > 10_000 and b"HTTP/" not in wire and b"solo-tissue" not in wire
+
+
 def test_join_refuses_a_token_that_reads_nothing(tmp_path: Path) -> None:
     home = tmp_path / "node"
     run_cli("init", home=home, check=True)
@@ -400,6 +444,8 @@ def test_join_refuses_a_token_that_reads_nothing(tmp_path: Path) -> None:
         assert joined.returncode != 0 and "cannot read closed" in " ".join(joined.stdout.split() + joined.stderr.split())
     unsure = run_cli("federated", "coordinator", "--state", str(tmp_path / "c"), home=home)
     assert unsure.returncode != 0 and "--insecure" in unsure.stdout + unsure.stderr
+    missing = run_cli("federated", "coordinator", "--state", str(tmp_path / "c"), "--tls", str(tmp_path), home=home)
+    assert missing.returncode != 0 and "missing TLS files" in " ".join((missing.stdout + missing.stderr).split())
 
 
 def test_a_plan_is_checked_before_it_is_sent() -> None:

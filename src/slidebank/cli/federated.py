@@ -1,7 +1,9 @@
 """`slidebank federated …`: a consortium trains one model on slides that never leave their nodes.
 
-    slidebank federated coordinator --state DIR --port 9092 --insecure        # the coordinating server
-    slidebank federated join --coordinator HOST:9092 --node https://node-a --token-file T --dataset D --insecure
+    slidebank federated certificates tls/ --host coord.example.org               # a consortium CA, once
+    slidebank federated coordinator --state DIR --port 9092 --tls tls/          # the coordinating server
+    slidebank federated join --coordinator HOST:9092 --node https://node-a --token-file T --dataset D \
+        --root-certificates tls/ca.pem
     slidebank federated run --coordinator HOST:9092 --class Tumor --class Stroma --rounds 5 --out DIR/runs/RUN
     slidebank federated show DIR/runs/RUN        # per-round metrics, who contributed what, the model's digest
     slidebank federated evaluate DIR/runs/RUN --node URL --token-file T --dataset HELD_OUT
@@ -22,15 +24,17 @@ from slidebank.cli.common import JsonOption, console, fail, print_json
 federated_app = typer.Typer(help="Federated training across Slidebank nodes (Flower): pixels stay home.",
                             no_args_is_help=True)
 
-InsecureOption = Annotated[bool, typer.Option("--insecure", help="Plain gRPC between coordinator and nodes: "
-                                              "TLS is not wired yet, so say so (private network or tunnel only)")]
+InsecureOption = Annotated[bool, typer.Option("--insecure", help="Plain HTTP between coordinator and nodes "
+                                              "(a private network or a tunnel only), instead of TLS")]
 CoordinatorOption = Annotated[str, typer.Option("--coordinator", help="The coordinator's HOST:PORT")]
+RootCertificatesOption = Annotated[Optional[Path], typer.Option(
+    "--root-certificates", help="The consortium CA (PEM) the coordinator's certificate is checked against "
+    "(without it: plain HTTP, for a coordinator started with --insecure)")]
 
 
-def _require_insecure(insecure: bool) -> None:
-    if not insecure:
-        fail("coordinator and nodes talk plain gRPC for now: run them on a private network or through a tunnel, "
-             "and pass --insecure to say you do")
+def _one_security(tls: object, insecure: bool, what: str) -> None:
+    if bool(tls) == insecure:
+        fail(f"say how coordinator and nodes talk: {what}, or --insecure on a private network or a tunnel")
 
 
 def _free_port(host: str) -> int:
@@ -52,19 +56,40 @@ def _exec(command: list[str], env: dict[str, str]) -> None:
     os.execve(command[0], command, env)
 
 
+@federated_app.command("certificates")
+def certificates(
+    folder: Annotated[Path, typer.Argument(help="Where to write ca.pem, coordinator.pem and their keys")],
+    hosts: Annotated[list[str], typer.Option("--host", help="A name or address nodes reach the coordinator by")],
+) -> None:
+    """Make a consortium CA and the coordinator's certificate (give ca.pem to every node; keep the
+    keys on the coordinator). A consortium with its own PKI uses its files instead."""
+    from slidebank.federated.certificates import write_certificates
+
+    files = write_certificates(folder, hosts)
+    console.print(f"CA {files.ca} (for the nodes), certificate {files.certificate} and key {files.key} "
+                  "(for the coordinator)")
+
+
 @federated_app.command("coordinator")
 def coordinator(
     state: Annotated[Path, typer.Option(help="Folder of the coordinator's state (runs survive restarts)")],
     host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port nodes and `federated run` connect to")] = 9092,
+    tls: Annotated[Optional[Path], typer.Option(help="Folder with ca.pem, coordinator.pem and coordinator.key "
+                                                "(`federated certificates`)")] = None,
     insecure: InsecureOption = False,
 ) -> None:
     """Run the coordinating server (Flower's SuperLink) in the foreground."""
-    _require_insecure(insecure)
+    _one_security(tls, insecure, "--tls FOLDER")
     runtime = _runtime()
+    from slidebank.federated.certificates import CoordinatorTls
+
+    files = CoordinatorTls.in_folder(tls.resolve()) if tls else None
+    if files and files.missing():
+        fail(f"missing TLS files: {', '.join(map(str, files.missing()))} (make them with `federated certificates`)")
     try:
         state.mkdir(parents=True, exist_ok=True)
-        command = runtime.coordinator_command(state.resolve(), host, port)
+        command = runtime.coordinator_command(state.resolve(), host, port, files)
         env = runtime.coordinator_env(state.resolve())
     except runtime.FlowerError as error:
         fail(str(error))
@@ -81,11 +106,12 @@ def join(
     name: Annotated[Optional[str], typer.Option(help="How the run's provenance names this node")] = None,
     state: Annotated[Optional[Path], typer.Option(help="Folder of this node's Flower state")] = None,
     runtime_port: Annotated[int, typer.Option(help="Local port of the node's app runtime (0: any free one)")] = 0,
+    root_certificates: RootCertificatesOption = None,
     insecure: InsecureOption = False,
 ) -> None:
     """Join a node to the coordinator (Flower's SuperNode, in the foreground). Checks first that the
     token reads slides of the dataset, so a wrong token or a missing grant fails here, not mid-run."""
-    _require_insecure(insecure)
+    _one_security(root_certificates, insecure, "--root-certificates CA.pem")
     runtime = _runtime()
     from slidebank.client import Client, SlidebankError
 
@@ -103,7 +129,8 @@ def join(
     values = {"slidebank-url": node, "token-file": str(token_file.resolve()), "dataset": dataset,
               "node-name": name or f"{node} {dataset}"}
     try:
-        command = runtime.node_command(coordinator_address, host, runtime_port or _free_port(host), values)
+        command = runtime.node_command(coordinator_address, host, runtime_port or _free_port(host), values,
+                                       root_certificates.resolve() if root_certificates else None)
         env = runtime.flower_env(folder / "flwr-home")
     except runtime.FlowerError as error:
         fail(str(error))
@@ -136,6 +163,7 @@ def run(
     dp_noise_multiplier: Annotated[float, typer.Option(help="Gaussian noise, in clipping norms")] = 0.0,
     wait: Annotated[bool, typer.Option(help="Follow the run, round by round, until it ends")] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to wait before stopping the run")] = 3600.0,
+    root_certificates: RootCertificatesOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Submit a training plan to the coordinator; with --wait, print each round and the result."""
@@ -152,7 +180,7 @@ def run(
     except PlanError as error:
         fail(str(error))
     try:
-        with runtime.Federation(coordinator_address) as federation:
+        with runtime.Federation(coordinator_address, root_certificates) as federation:
             run_id = federation.submit(plan, out)
             if not as_json:
                 console.print(f"run {run_id} submitted; its model and provenance go to {out}")
@@ -185,22 +213,24 @@ def _print_round(entry: dict[str, Any]) -> None:
 
 
 @federated_app.command("status")
-def status(coordinator_address: CoordinatorOption, run_id: Annotated[int, typer.Argument()]) -> None:
+def status(coordinator_address: CoordinatorOption, run_id: Annotated[int, typer.Argument()],
+           root_certificates: RootCertificatesOption = None) -> None:
     """A run's state at the coordinator: pending, running, finished:completed|failed|stopped."""
     runtime = _runtime()
     try:
-        with runtime.Federation(coordinator_address) as federation:
+        with runtime.Federation(coordinator_address, root_certificates) as federation:
             console.print(federation.status(run_id))
     except runtime.FlowerError as error:
         fail(str(error))
 
 
 @federated_app.command("stop")
-def stop(coordinator_address: CoordinatorOption, run_id: Annotated[int, typer.Argument()]) -> None:
+def stop(coordinator_address: CoordinatorOption, run_id: Annotated[int, typer.Argument()],
+         root_certificates: RootCertificatesOption = None) -> None:
     """Stop a run (a node that never joins would otherwise keep it waiting)."""
     runtime = _runtime()
     try:
-        with runtime.Federation(coordinator_address) as federation:
+        with runtime.Federation(coordinator_address, root_certificates) as federation:
             federation.stop(run_id)
     except runtime.FlowerError as error:
         fail(str(error))

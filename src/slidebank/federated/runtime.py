@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from slidebank.federated.certificates import CoordinatorTls
 from slidebank.federated.journal import PROVENANCE_FILE, ROUNDS_FILE, RUNS_ROOT_VARIABLE, read_rounds
 from slidebank.federated.plan import TrainingPlan
 
@@ -66,10 +67,13 @@ def coordinator_env(state: Path) -> dict[str, str]:
     return env
 
 
-def coordinator_command(state: Path, host: str, port: int) -> list[str]:
-    """The SuperLink: nodes, `flwr` and the server app all reach it on `host:port`; runs survive a
-    restart in `state/superlink.db`; apps run with the installed code (no per-run installs)."""
-    return [str(flower_bin() / "flower-superlink"), "--insecure", "--host", host, "--port", str(port),
+def coordinator_command(state: Path, host: str, port: int, tls: CoordinatorTls | None) -> list[str]:
+    """The SuperLink: nodes, `flwr` and the server app all reach it on `host:port` (TLS with `tls`,
+    else plain); runs survive a restart in `state/superlink.db`; apps run with the installed code
+    (no per-run installs)."""
+    security = (["--ssl-ca-certfile", str(tls.ca), "--ssl-certfile", str(tls.certificate), "--ssl-keyfile", str(tls.key)]
+                if tls else ["--insecure"])
+    return [str(flower_bin() / "flower-superlink"), *security, "--host", host, "--port", str(port),
             "--database", str(state / "superlink.db"), "--disable-runtime-dependency-installation"]
 
 
@@ -78,9 +82,12 @@ def node_config(values: Mapping[str, str]) -> str:
     return " ".join(f"{key}={json.dumps(str(value))}" for key, value in values.items())
 
 
-def node_command(coordinator: str, host: str, port: int, values: Mapping[str, str]) -> list[str]:
-    """A SuperNode joined to `coordinator`; `host:port` is its own app runtime (local only)."""
-    return [str(flower_bin() / "flower-supernode"), "--insecure", "--superlink", coordinator,
+def node_command(coordinator: str, host: str, port: int, values: Mapping[str, str],
+                 root_certificates: Path | None) -> list[str]:
+    """A SuperNode joined to `coordinator` (trusting the CA in `root_certificates`, else plain);
+    `host:port` is its own app runtime (local only)."""
+    security = ["--root-certificates", str(root_certificates)] if root_certificates else ["--insecure"]
+    return [str(flower_bin() / "flower-supernode"), *security, "--superlink", coordinator,
             "--host", host, "--port", str(port), "--node-config", node_config(values)]
 
 
@@ -103,13 +110,15 @@ def toml_value(value: bool | int | float | str) -> str:
 class Federation:
     """`flwr` pointed at one coordinator, from a private FLWR_HOME."""
 
-    def __init__(self, coordinator: str) -> None:
+    def __init__(self, coordinator: str, root_certificates: Path | None = None) -> None:
         self.coordinator = coordinator
         self._home = tempfile.TemporaryDirectory(prefix="slidebank-flwr-")
         self.env = flower_env(Path(self._home.name))
+        security = (f"root-certificates = {json.dumps(str(Path(root_certificates).resolve()))}\ninsecure = false\n"
+                    if root_certificates else "insecure = true\n")
         (Path(self._home.name) / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f'address = {json.dumps(coordinator)}\ninsecure = true\n')
+            f'address = {json.dumps(coordinator)}\n{security}')
 
     def close(self) -> None:
         self._home.cleanup()
