@@ -35,6 +35,15 @@ CHROMIUM_ARGS = [
 ]
 
 
+# The longest test starts first (xdist hands each worker a run of consecutive tests), so the rest
+# of the suite packs around it instead of waiting for it at the end.
+LONGEST = "test_federated.py::test_three_nodes_train_one_model_and_share_no_pixels"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: not item.nodeid.endswith(LONGEST))
+
+
 @pytest.fixture
 def shared_slides() -> Path:
     """The real scanner-written slides; tests using them skip cleanly where the folder is absent."""
