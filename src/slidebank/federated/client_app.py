@@ -5,8 +5,9 @@ Runs inside Flower's runtime (`flower-supernode`, `.venv-flower`), a fresh proce
 The node's facts come from its `--node-config`, set by `slidebank federated join` and never seen by
 the coordinator: `slidebank-url`, `token-file`, `dataset`, `node-name`.
 
-A node that may not read its dataset (grant revoked or expired, token withdrawn) answers the round
-with no examples and the reason: it contributes nothing, and the coordinator records why.
+A node that may not read its dataset (grant revoked or expired, token withdrawn), or finds no patch
+of the plan's classes in it, answers the round with no examples and the reason: it contributes
+nothing, and the coordinator records why.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class NodeTrainer(NumPyClient):
                                                       **self.plan.run_config()}, use="training")
                 patches = plan_patches(bank, slides, self.plan)
                 scores = train(model, patches, self.plan)
-        except (SlidebankError, OSError) as refusal:
+        except (SlidebankError, OSError, ValueError) as refusal:  # no access, no token, nothing labelled to learn
             return parameters, 0, {**who, "status": "refused", "reason": str(refusal)[:REASON_LIMIT]}
         return get_weights(model), len(patches), {
             **who, "status": "trained", "grant": declared["grants"].get(self.dataset) or "",
