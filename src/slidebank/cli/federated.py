@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -125,7 +126,10 @@ def join(
     if readable is None:
         fail(f"{who.get('name', 'this token')} may read no slide of {dataset} at {node}: request access first")
     host = "127.0.0.1"
-    folder = (state or Path.home() / ".slidebank" / "federated" / (name or dataset)).resolve()
+    label = name or dataset
+    if state is None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", label):
+        fail(f"{label!r} cannot name a state folder: give --state, or a --name of letters, digits, '.', '_', '-'")
+    folder = (state or Path.home() / ".slidebank" / "federated" / label).resolve()
     values = {"slidebank-url": node, "token-file": str(token_file.resolve()), "dataset": dataset,
               "node-name": name or f"{node} {dataset}"}
     try:
