@@ -25,6 +25,7 @@ from slidebank.federated.plan import TrainingPlan
 FLOWER_VERSION = "1.42.0"
 CONNECTION = "slidebank"
 FINISHED = "finished:"
+STATUS_EVERY_S = 10.0
 
 
 class FlowerError(RuntimeError):
@@ -166,21 +167,28 @@ class Federation:
     def wait(self, run_id: int, output: Path, timeout_s: float,
              on_round: Callable[[dict], None] = lambda entry: None) -> str:
         """Follow a run until it ends, calling `on_round` with each round record as it is written;
-        a run still going after `timeout_s` is stopped (Flower would wait for nodes forever)."""
+        a run still going after `timeout_s` is stopped (Flower would wait for nodes forever).
+
+        Rounds are read from the run's folder twice a second; the coordinator is asked for the run's
+        state every STATUS_EVERY_S, or at once when the provenance appears (each `flwr ls` is a
+        process that costs about a second of CPU)."""
         deadline = time.monotonic() + timeout_s
+        next_status = 0.0
         seen = 0
         while True:
-            status = self.status(run_id)
             rounds = read_rounds(output)
             for entry in rounds[seen:]:
                 on_round(entry)
             seen = len(rounds)
-            if status.startswith(FINISHED):
-                for entry in read_rounds(output)[seen:]:
-                    on_round(entry)
-                return status
+            if (output / PROVENANCE_FILE).exists() or time.monotonic() >= next_status:
+                status = self.status(run_id)
+                if status.startswith(FINISHED):
+                    for entry in read_rounds(output)[seen:]:
+                        on_round(entry)
+                    return status
+                next_status = time.monotonic() + STATUS_EVERY_S
             if time.monotonic() > deadline:
                 self.stop(run_id)
                 raise FlowerError(f"run {run_id} still {status} after {timeout_s:g} s: stopped "
                                   "(too few nodes joined? see `slidebank federated status`)")
-            time.sleep(1.0)
+            time.sleep(0.5)
