@@ -30,7 +30,8 @@ system-deps:
 
 # OpenSeadragon and Annotorious from npm (pinned in web/package-lock.json), copied where the app
 # serves them. Annotorious's UMD build bundles PixiJS and plugs into the OpenSeadragon global.
-# Swagger UI and ReDoc for /docs and /redoc come from npm too, so the API pages load no script from a CDN.
+# Swagger UI and ReDoc for /docs and /redoc come from npm too, so the API pages load no script from a CDN;
+# ReDoc's sidebar would still fetch Redocly's logo from theirs (the pages' CSP blocks it): an empty inline image instead.
 $(OSD_VENDOR)/openseadragon.min.js $(ANNOTORIOUS_VENDOR)/annotorious-openseadragon.js $(DOCS_VENDOR)/swagger-ui-bundle.js &: web/package-lock.json | system-deps
 	npm ci --prefix web --no-audit --no-fund
 	rm -rf $(OSD_VENDOR) $(ANNOTORIOUS_VENDOR) $(DOCS_VENDOR) && mkdir -p $(ANNOTORIOUS_VENDOR) $(DOCS_VENDOR)
@@ -38,6 +39,8 @@ $(OSD_VENDOR)/openseadragon.min.js $(ANNOTORIOUS_VENDOR)/annotorious-openseadrag
 	cp $(ANNOTORIOUS_DIST)/annotorious-openseadragon.js $(ANNOTORIOUS_DIST)/annotorious-openseadragon.css $(ANNOTORIOUS_VENDOR)/
 	cp web/node_modules/swagger-ui-dist/swagger-ui-bundle.js web/node_modules/swagger-ui-dist/swagger-ui.css \
 		web/node_modules/redoc/bundles/redoc.standalone.js $(DOCS_VENDOR)/
+	sed -i 's#https://cdn.redoc.ly/redoc/logo-mini.svg#data:image/svg+xml,%3Csvg xmlns=%27http://www.w3.org/2000/svg%27/%3E#' \
+		$(DOCS_VENDOR)/redoc.standalone.js
 	touch $(OSD_VENDOR)/openseadragon.min.js $(ANNOTORIOUS_VENDOR)/annotorious-openseadragon.js $(DOCS_VENDOR)/swagger-ui-bundle.js
 
 web: $(OSD_VENDOR)/openseadragon.min.js $(ANNOTORIOUS_VENDOR)/annotorious-openseadragon.js $(DOCS_VENDOR)/swagger-ui-bundle.js
