@@ -130,9 +130,14 @@ def run_folder(requested: str, root: str | None) -> Path:
     folder = (base / requested).resolve() if requested else base / "unnamed"
     if folder == base or not folder.is_relative_to(base):
         raise ValueError(f"a run's output folder is inside {base}, not {requested!r}")
-    if (folder / ROUNDS_FILE).exists() or (folder / PROVENANCE_FILE).exists():
+    if holds_run(folder):
         raise ValueError(f"{folder} already holds a run: choose another output folder")
     return folder
+
+
+def holds_run(folder: Path) -> bool:
+    """Whether a run has written into `folder` (a new run there would overwrite its record)."""
+    return (folder / ROUNDS_FILE).exists() or (folder / PROVENANCE_FILE).exists()
 
 
 def load_model(folder: Path) -> tuple[nn.Module, dict[str, Any]]:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from slidebank.federated.certificates import CoordinatorTls
-from slidebank.federated.journal import PROVENANCE_FILE, ROUNDS_FILE, RUNS_ROOT_VARIABLE, read_rounds
+from slidebank.federated.journal import PROVENANCE_FILE, RUNS_ROOT_VARIABLE, holds_run, read_rounds
 from slidebank.federated.plan import TrainingPlan
 
 FLOWER_VERSION = "1.42.0"
@@ -149,7 +149,7 @@ class Federation:
         """Start a run of `plan`; the model and its provenance will be written to `output`, a folder
         inside the coordinator's `runs` folder on its machine (the server app refuses any other)."""
         output = Path(output).resolve()
-        if (output / ROUNDS_FILE).exists() or (output / PROVENANCE_FILE).exists():
+        if holds_run(output):
             raise FlowerError(f"{output} already holds a run: choose another output folder")
         config = {**plan.run_config(), "output-dir": str(output)}
         overrides = " ".join(f"{key}={toml_value(value)}" for key, value in config.items())
