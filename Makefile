@@ -8,9 +8,10 @@ PORT ?= 8000
 export SLIDEBANK_HOME
 
 # Debian packages: wsidicom's JPEG codec loads libturbojpeg; python-magic (IIIF validator) loads
-# libmagic; the browser tests drive Debian's Chromium; npm fetches OpenSeadragon and Annotorious
+# libmagic; the browser tests drive Debian's Chromium; the DICOMweb tests and bench/dicomweb.py hold
+# Slidebank against Orthanc with its DICOMweb plugin; npm fetches OpenSeadragon and Annotorious
 # at build time.
-SYSTEM_PACKAGES := libturbojpeg0 libmagic1 chromium
+SYSTEM_PACKAGES := libturbojpeg0 libmagic1 chromium orthanc orthanc-dicomweb
 OSD_VENDOR := src/slidebank/web/static/vendor/openseadragon
 ANNOTORIOUS_VENDOR := src/slidebank/web/static/vendor/annotorious
 ANNOTORIOUS_DIST := web/node_modules/@annotorious/openseadragon/dist

@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"web"},  # pages the API serves
     {"ingest", "processing"},  # runners: batch ingest and job workers open the node themselves
     {"node"},  # the composition root
-    {"erasure"},  # use cases spanning several services
+    {"erasure", "dicomweb"},  # use cases spanning several services
     {"tiles", "algorithms"},
     {"slides", "annotations", "jobs"},
     {"access", "catalog"},  # domain services

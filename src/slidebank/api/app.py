@@ -20,6 +20,7 @@ from slidebank.access.oidc import OidcVerifier
 from slidebank.api.access import access_routes
 from slidebank.api.annotations import annotation_routes
 from slidebank.api.catalog import catalog_routes
+from slidebank.api.dicomweb import dicomweb_routes
 from slidebank.api.errors import install_error_handlers
 from slidebank.api.exports import export_routes
 from slidebank.api.fastpath import PixelFastPath
@@ -29,7 +30,9 @@ from slidebank.api.processing import processing_routes
 from slidebank.api.schemas import Health
 from slidebank.api.security import Gatekeeper
 from slidebank.api.tiles import tile_routes
+from slidebank.dicomweb.service import DicomWeb
 from slidebank.node import Node
+from slidebank.slides.stored import index_stored_instances
 from slidebank.tiles.service import TileService
 from slidebank.web import mount_web
 
@@ -53,6 +56,7 @@ def create_app(node: Node | None = None) -> FastAPI:
     # No route takes more than a short JSON document; uploads go through `slidebank ingest`.
     app = FastAPI(title="Slidebank", version=__version__, max_body_size=MAX_BODY_BYTES, docs_url=None,
                   redoc_url=None, lifespan=lifespan)
+    index_stored_instances(node.catalog, node.open_blob)  # slides stored before DICOMweb: once
     tiles = TileService(node.catalog, node.open_blob)
     gatekeeper.on_governance_change(tiles.evict_missing)  # erased slides: files closed, keys dropped
     app.state.gatekeeper, app.state.tiles = gatekeeper, tiles
@@ -63,6 +67,7 @@ def create_app(node: Node | None = None) -> FastAPI:
     app.include_router(tile_routes(tiles, gatekeeper))
     app.include_router(frame_routes(tiles, gatekeeper))
     app.include_router(export_routes(gatekeeper))
+    app.include_router(dicomweb_routes(DicomWeb(node.catalog, tiles, node.open_blob), tiles, gatekeeper))
     install_error_handlers(app)
     app.add_middleware(PixelFastPath, tiles=tiles, gatekeeper=gatekeeper)
     app.add_middleware(SecurityHeaders)

@@ -52,6 +52,38 @@ class LevelInfo:
 
 
 @dataclass(frozen=True)
+class DicomIdentity:
+    """What DICOMweb searches and returns about one stored DICOM instance, read off its header
+    (`catalog.instances.identity_of`); strings are "" where the file has no value."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_uid: str
+    series_uid: str
+    transfer_syntax: str
+    modality: str
+    patient_id: str
+    patient_name: str
+    study_date: str
+    study_time: str
+    study_id: str
+    study_description: str
+    accession_number: str
+    series_number: int | None
+    series_description: str
+    instance_number: int | None
+    image_type: str
+    number_of_frames: int
+    rows: int
+    columns: int
+    total_pixel_matrix_rows: int | None
+    total_pixel_matrix_columns: int | None
+    samples_per_pixel: int
+    photometric_interpretation: str
+    bits_allocated: int
+
+
+@dataclass(frozen=True)
 class StoredFile:
     """One blob of the canonical slide in the content-addressed store."""
 
@@ -61,6 +93,7 @@ class StoredFile:
     level: int | None = None
     media_type: str = "application/dicom"
     key_header: bytes | None = None  # crypt4gh header sealing the blob's key (None: stored in clear)
+    dicom: DicomIdentity | None = None  # a DICOM instance's identity, as registered (volumes)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from slidebank.catalog import instances
 from slidebank.catalog.errors import DuplicateSourceError, SlideIdTakenError
 from slidebank.catalog.facets import index_images
 from slidebank.catalog.identifiers import SLIDE_ID_PATTERN
@@ -245,6 +246,7 @@ def _insert(session: Session, slide: IngestedSlide) -> Image:
     ]
     session.add(image)
     session.flush()
+    instances.add_identities(session, image, slide.files)
 
     diagnosis = _text(description.diagnosis)
     if diagnosis:

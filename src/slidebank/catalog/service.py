@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from slidebank.catalog import datasets, describe, facets, facts, files, registration, search
+from slidebank.catalog import datasets, describe, facets, facts, files, instances, registration, search
 from slidebank.catalog.query import SearchQuery, SearchResult
-from slidebank.catalog.records import IngestedSlide, StoredFile
+from slidebank.catalog.records import DicomIdentity, IngestedSlide, StoredFile
 from slidebank.db import UnitOfWork
 
 
@@ -74,6 +75,18 @@ class Catalog:
     def stored_files(self, slide_id: str) -> list[StoredFile]:
         with self.uow.read() as session:
             return files.stored_files(session, slide_id)
+
+    def files_without_identity(self, after: int = 0, limit: int = 1000) -> list[tuple[int, StoredFile]]:
+        with self.uow.read() as session:
+            return instances.files_without_identity(session, after, limit)
+
+    def record_identity(self, file_id: int, identity: DicomIdentity) -> bool:
+        """Index one stored DICOM file (its own transaction); False if the file is gone or indexed."""
+        try:
+            with self.uow.write() as session:
+                return instances.record_identity(session, file_id, identity)
+        except IntegrityError:  # another process indexed it first
+            return False
 
     def subject_datasets(self, pseudonym: str) -> set[str]:
         with self.uow.read() as session:

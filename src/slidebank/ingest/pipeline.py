@@ -37,7 +37,9 @@ from slidebank.access.principal import Principal
 from slidebank.access.pseudonyms import Pseudonyms
 from slidebank.audit import AuditLog
 from slidebank.catalog import SLIDE_ID_PATTERN, Catalog, DuplicateSourceError, SlideIdTakenError
+from slidebank.catalog.instances import identity_of
 from slidebank.catalog.records import (
+    DicomIdentity,
     IngestedSlide,
     LevelInfo,
     SlideDescription,
@@ -204,8 +206,11 @@ def _tool_versions() -> dict[str, str]:
     return versions
 
 
-def _describe_stored(files: tuple[Path, ...]) -> tuple[list[tuple[Path, int]], list[LevelInfo], Any, str]:
-    """Read back what we wrote: proves it opens, and gives levels, tile size and transfer syntax."""
+def _describe_stored(
+    files: tuple[Path, ...],
+) -> tuple[list[tuple[Path, int, DicomIdentity]], list[LevelInfo], Any, str]:
+    """Read back what we wrote: proves it opens, and gives levels, each file's DICOM identity, tile
+    size and transfer syntax."""
     with WsiDicom.open([str(f) for f in files]) as wsi:
         base = wsi.levels[0]
         levels = [
@@ -215,12 +220,12 @@ def _describe_stored(files: tuple[Path, ...]) -> tuple[list[tuple[Path, int]], l
         thumbnail = wsi.read_region((0, 0), smallest.level, (smallest.size.width, smallest.size.height))
         tile = wsi.tile_size
     widths = [level.width for level in levels]
-    file_levels: list[tuple[Path, int]] = []
+    file_levels: list[tuple[Path, int, DicomIdentity]] = []
     transfer_syntax = ""
     for path in files:
         header = pydicom.dcmread(path, stop_before_pixels=True)
         level = widths.index(int(header.TotalPixelMatrixColumns))
-        file_levels.append((path, level))
+        file_levels.append((path, level, identity_of(header)))
         if level == 0:
             transfer_syntax = str(header.file_meta.TransferSyntaxUID)
     thumbnail.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
@@ -277,9 +282,9 @@ def _convert_and_publish(
         thumbnail_path.write_bytes(buffer.getvalue())
 
         stored: list[StoredFile] = []  # encrypted at rest, each with its own key sealed to the node
-        for path, level in file_levels:
+        for path, level, identity in file_levels:
             ref = node.store.publish(path, node.keys)
-            stored.append(StoredFile("volume", ref.sha256, ref.size, level, key_header=ref.key_header))
+            stored.append(StoredFile("volume", ref.sha256, ref.size, level, key_header=ref.key_header, dicom=identity))
         thumb_ref = node.store.publish(thumbnail_path, node.keys)
         stored.append(StoredFile("thumbnail", thumb_ref.sha256, thumb_ref.size, None, "image/jpeg",
                                  thumb_ref.key_header))

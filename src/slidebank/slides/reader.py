@@ -647,6 +647,14 @@ class StoredSlide(OpenSlideVocabulary):
             tile_height=stored.tile_height,
         )
 
+    def level_of_instance(self, sop_instance_uid: str) -> int | None:
+        """The level stored whole in the DICOM instance with this UID (frame n is then tile n-1 of
+        the level, row by row); None if no level is that one file (focal planes, concatenations)."""
+        for level in self._levels:
+            if level.blob is not None and str(level.dataset.get("SOPInstanceUID", "")) == sop_instance_uid:
+                return level.index
+        return None
+
     def frames_indexed(self, level: int) -> bool:
         """Whether a level's frames can be read without first walking its file (a fast level whose
         frame table is built): what an event loop may do without stalling."""

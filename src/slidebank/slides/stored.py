@@ -7,19 +7,24 @@ to disk except by `export_volumes`, which is what an administrator asks for.
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+
+import pydicom
 
 from slidebank.access.errors import SlideNotFound
 from slidebank.access.principal import Principal
 from slidebank.audit import AuditLog
 from slidebank.catalog import Catalog
+from slidebank.catalog.instances import identity_of
 from slidebank.catalog.records import StoredFile
 from slidebank.slides.reader import StoredSlide
 from slidebank.storage.blobstore import BlobFile
 
 OpenBlob = Callable[[StoredFile], BlobFile]
+logger = logging.getLogger(__name__)
 
 
 def volume_files(files: list[StoredFile], slide_id: str) -> list[StoredFile]:
@@ -81,3 +86,25 @@ def export_slide(catalog: Catalog, audit: AuditLog, open_blob: OpenBlob, actor: 
     audit.record(actor.name, "slide.export", dataset=dataset, slide_id=slide_id, grant=actor.grants.get(dataset),
                  detail={"files": len(written)})
     return written
+
+
+def index_stored_instances(catalog: Catalog, open_blob: OpenBlob) -> int:
+    """Record the DICOM identity of stored files that have none (slides stored before DICOMweb);
+    one file per transaction, so an interrupted run resumes. Returns how many were indexed; a file
+    whose header cannot be read is left out (and logged), never guessed."""
+    indexed, after = 0, 0
+    while batch := catalog.files_without_identity(after):
+        for file_id, stored in batch:
+            after = file_id
+            try:
+                blob = open_blob(stored)
+                try:
+                    with blob.stream() as handle:
+                        identity = identity_of(pydicom.dcmread(handle, stop_before_pixels=True))
+                finally:
+                    blob.close()
+            except Exception as error:  # noqa: BLE001 - any unreadable file is reported, not fatal
+                logger.warning("stored file %s has no readable DICOM header: %s", stored.sha256[:12], error)
+                continue
+            indexed += catalog.record_identity(file_id, identity)
+    return indexed

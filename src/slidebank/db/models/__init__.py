@@ -44,6 +44,7 @@ from slidebank.db.models.catalog import (
     block_specimens,
     slide_stainings,
 )
+from slidebank.db.models.dicom import DicomInstance
 from slidebank.db.models.jobs import Job, JobTask
 
 __all__ = [
@@ -61,6 +62,7 @@ __all__ = [
     "CommitteeMember",
     "Dataset",
     "DatasetSteward",
+    "DicomInstance",
     "Erasure",
     "GovernanceState",
     "Grant",
