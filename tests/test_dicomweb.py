@@ -213,6 +213,9 @@ def test_instances_frames_and_metadata_round_trip(site: Site) -> None:
         as_stored = httpx.get(f"{site.base}/dicomweb/studies/{ids[0]}/series/{ids[1]}/instances/{ids[2]}/frames/"
                               + ",".join(map(str, numbers)), headers={**site.headers(), "Accept": STORED})
         assert _parts(as_stored) == stored
+        again = httpx.get(as_stored.request.url, headers={**site.headers(), "Accept": STORED})  # the fast path now
+        assert again.content == as_stored.content and again.headers["content-type"] == as_stored.headers[
+            "content-type"] and again.headers["etag"] == as_stored.headers["etag"]
         decoder = FrameDecoder(slide.frame_encoding(0))
         [raw_frame] = alice.retrieve_instance_frames(*ids, frame_numbers=[2], media_types=(
             ("application/octet-stream", "1.2.840.10008.1.2.1"),))

@@ -67,9 +67,10 @@ def create_app(node: Node | None = None) -> FastAPI:
     app.include_router(tile_routes(tiles, gatekeeper))
     app.include_router(frame_routes(tiles, gatekeeper))
     app.include_router(export_routes(gatekeeper))
-    app.include_router(dicomweb_routes(DicomWeb(node.catalog, tiles, node.open_blob), tiles, gatekeeper))
+    dicomweb = DicomWeb(node.catalog, tiles, node.open_blob)
+    app.include_router(dicomweb_routes(dicomweb, tiles, gatekeeper))
     install_error_handlers(app)
-    app.add_middleware(PixelFastPath, tiles=tiles, gatekeeper=gatekeeper)
+    app.add_middleware(PixelFastPath, tiles=tiles, gatekeeper=gatekeeper, dicomweb=dicomweb)
     app.add_middleware(SecurityHeaders)
     app.add_middleware(HeadAsGet)  # outermost: a HEAD of a tile takes the fast path too
 

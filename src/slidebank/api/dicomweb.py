@@ -10,6 +10,7 @@ domain's (`slidebank.dicomweb`); this module speaks HTTP: parameters, Accept, mu
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from typing import Annotated, Any
@@ -23,7 +24,7 @@ from slidebank.api.security import Gatekeeper, principal_dependency
 from slidebank.api.tiles import caching_headers, not_modified
 from slidebank.dicomweb import search as qido
 from slidebank.dicomweb.attributes import Level
-from slidebank.dicomweb.negotiation import NotAcceptable, frame_answer, instance_answer, media_ranges
+from slidebank.dicomweb.negotiation import FrameAnswer, NotAcceptable, frame_answer, instance_answer, media_ranges
 from slidebank.dicomweb.service import DicomWeb, NotRenderable, StoredInstance, as_encoded
 from slidebank.dicomweb.transcode import transcode
 from slidebank.tiles.service import TileService
@@ -164,7 +165,7 @@ def dicomweb_routes(service: DicomWeb, tiles: TileService, gatekeeper: Gatekeepe
             answer = frame_answer(accept, instance.transfer_syntax, len(numbers), instance.media_type)
         except NotAcceptable as error:
             raise HTTPException(406, str(error)) from error
-        dataset = gatekeeper.read_tile(caller, instance.slide_id, f"dicomweb frames {instance.file.level}")
+        dataset = gatekeeper.read_tile(caller, instance.slide_id, frames_audit_place(instance))
         headers = caching_headers(tiles.pyramid(instance.slide_id), f"{request.url.path}|{accept}",
                                   gatekeeper.is_open(dataset))
         if not_modified(headers, if_none_match):
@@ -175,12 +176,8 @@ def dicomweb_routes(service: DicomWeb, tiles: TileService, gatekeeper: Gatekeepe
             raise HTTPException(404, str(error)) from error
         if answer.transcode:
             stored = [transcode(frame, instance.encoding, answer.transfer_syntax) for frame in stored]
-        if not answer.multipart:
-            return Response(stored[0], headers=headers, media_type=answer.media_type)
-        part_type = f"{answer.media_type}; transfer-syntax={answer.transfer_syntax}"
-        body = multipart_related([(frame, part_type) for frame in stored], BOUNDARY)
-        return Response(body, headers=headers, media_type=f'multipart/related; type="{answer.media_type}"; '
-                                                          f"transfer-syntax={answer.transfer_syntax}; boundary={BOUNDARY}")
+        body, content_type = frames_body(stored, answer)
+        return Response(body, headers={**headers, "Content-Type": content_type})
 
     # --- WADO-RS: rendered images and thumbnails --------------------------------------------------
 
@@ -252,6 +249,25 @@ def dicomweb_routes(service: DicomWeb, tiles: TileService, gatekeeper: Gatekeepe
         return slide_thumbnail(caller, accept, viewport, quality, study, series)
 
     return router
+
+
+FRAMES_PATH = re.compile(rf"^{PREFIX}/studies/(?P<study>[0-9.]{{1,64}})/series/(?P<series>[0-9.]{{1,64}})"
+                         r"/instances/(?P<sop>[0-9.]{1,64})/frames/(?P<frames>\d{1,9}(?:,\d{1,9}){0,15})$")
+
+
+def frames_audit_place(instance: StoredInstance) -> str:
+    """Where a frame read is audited (per window): the same for the route and the fast path."""
+    return f"dicomweb frames {instance.file.level}"
+
+
+def frames_body(frames: list[bytes], answer: FrameAnswer) -> tuple[bytes, str]:
+    """The body and content type of a frames answer (the route and the fast path send the same)."""
+    if not answer.multipart:
+        return frames[0], answer.media_type
+    part_type = f"{answer.media_type}; transfer-syntax={answer.transfer_syntax}"
+    body = multipart_related([(frame, part_type) for frame in frames], BOUNDARY)
+    return body, (f'multipart/related; type="{answer.media_type}"; transfer-syntax={answer.transfer_syntax}; '
+                  f"boundary={BOUNDARY}")
 
 
 def _public_base(request: Request) -> str:

@@ -11,10 +11,12 @@ times the pixels it returns. Who read what is audited by the caller (the route),
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pydicom
+from cachetools import LRUCache
 from PIL import Image
 from pydicom.encaps import get_frame
 from sqlalchemy import false, select
@@ -26,11 +28,13 @@ from slidebank.db.models import Dataset, DicomInstance, ImageFile
 from slidebank.db.models import Image as ImageRow
 from slidebank.dicomweb import search as qido
 from slidebank.slides.frames import MEDIA_TYPES, FrameDecoder, FrameEncoding
+from slidebank.slides.reader import StoredSlide
 from slidebank.slides.stored import OpenBlob, read_whole
 from slidebank.tiles.service import TileService
 
 CHUNK = 1024 * 1024
 BULK_DATA_THRESHOLD = 512  # binary values longer than this are sent as BulkDataURI
+KNOWN_INSTANCES = 65536
 MAX_RENDERED_PIXELS = 4096 * 4096  # the largest rendered answer (ask for a viewport for more)
 _BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 
@@ -75,6 +79,11 @@ class DicomWeb:
         self._uow = catalog.uow
         self._tiles = tiles
         self._open_blob = open_blob
+        # Instances looked up lately, by SOP Instance UID, for the pixel fast path (`api/fastpath.py`).
+        # UIDs never change meaning; whether the caller may read (or the slide still exists) is asked
+        # of the gatekeeper on every request, never of this cache.
+        self._known: LRUCache[str, StoredInstance] = LRUCache(KNOWN_INSTANCES)
+        self._lock = threading.Lock()
 
     # --- QIDO-RS ----------------------------------------------------------------------------------
 
@@ -105,7 +114,7 @@ class DicomWeb:
             rows = session.execute(statement).all()
         if not rows:
             raise SlideNotFound("no such study, series or instance")
-        return [StoredInstance(
+        found = [StoredInstance(
             slide_id=slide_id, dataset=dataset,
             file=StoredFile(file.role, file.sha256, file.size, file.level, file.media_type, file.key_header),
             study_uid=row.study_uid, series_uid=row.series_uid, sop_instance_uid=row.sop_instance_uid,
@@ -115,6 +124,26 @@ class DicomWeb:
             samples_per_pixel=row.samples_per_pixel, bits_allocated=row.bits_allocated,
             photometric=row.photometric_interpretation,
         ) for row, file, slide_id, dataset in rows]
+        with self._lock:
+            for instance in found:
+                self._known[instance.sop_instance_uid] = instance
+        return found
+
+    def known(self, sop_instance_uid: str) -> StoredInstance | None:
+        """An instance found by an earlier request in this process (the fast path's lookup), else None."""
+        with self._lock:
+            return self._known.get(sop_instance_uid)
+
+    def open_level(self, instance: StoredInstance) -> tuple[StoredSlide, int] | None:
+        """The already-open slide and level whose frames are this instance's, if both are ready for an
+        event loop (the slide open, the level's frame table built); None otherwise."""
+        pyramid = self._tiles.open_pyramid(instance.slide_id)
+        if pyramid is None:
+            return None
+        level = pyramid.slide.level_of_instance(instance.sop_instance_uid)
+        if level is None or not pyramid.slide.frames_indexed(level):
+            return None
+        return pyramid.slide, level
 
     # --- whole instances and their metadata -------------------------------------------------------
 
@@ -164,13 +193,10 @@ class DicomWeb:
                 raise IndexError(f"frame {number} is not in the instance (it has {instance.number_of_frames})")
         placed = self._level_of(instance)
         if placed is not None:
-            slide, level = placed
-            columns, _ = slide.tile_grid(level)
-            return [slide.read_encoded_tile(level, (n - 1) % columns, (n - 1) // columns, crop_to_level=False)
-                    for n in numbers]
+            return frames_of_level(*placed, numbers)
         return self._frames_through_pydicom(instance, numbers)
 
-    def _level_of(self, instance: StoredInstance):  # noqa: ANN202 - (StoredSlide, level) or None
+    def _level_of(self, instance: StoredInstance) -> tuple[StoredSlide, int] | None:
         slide = self._tiles.pyramid(instance.slide_id).slide
         level = slide.level_of_instance(instance.sop_instance_uid)
         return None if level is None else (slide, level)
@@ -225,6 +251,13 @@ class DicomWeb:
             raise SlideNotFound("no thumbnail")
         with Image.open(io.BytesIO(read_whole(stored, self._open_blob))) as image:
             return _fit(image.convert("RGB"), viewport)
+
+
+def frames_of_level(slide: StoredSlide, level: int, numbers: list[int]) -> list[bytes]:
+    """Frames (1-based, row by row) of an instance that holds a whole level, as stored."""
+    columns, _ = slide.tile_grid(level)
+    return [slide.read_encoded_tile(level, (n - 1) % columns, (n - 1) // columns, crop_to_level=False)
+            for n in numbers]
 
 
 def _binary_elements(dataset: pydicom.Dataset, prefix: str) -> Iterator[tuple[str, pydicom.DataElement]]:
