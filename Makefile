@@ -102,6 +102,7 @@ bench: install
 	$(BIN)/python bench/regions.py
 	$(BIN)/python bench/process.py
 	$(BIN)/python bench/annotations.py
+	$(BIN)/python bench/dicomweb.py
 
 clean:
 	rm -rf $(VENV) slidebank-data .pytest_cache web/node_modules $(OSD_VENDOR) $(ANNOTORIOUS_VENDOR) $(DOCS_VENDOR)

@@ -47,6 +47,10 @@ def test_erase_subject_leaves_no_readable_byte_and_keeps_the_rest(tmp_path: Path
     report = json_lines(run_cli("erase", "--subject", erased["subject"], "--json", home=home, check=True).stdout)[0]
     assert report == {"images": 1, "blobs_deleted": len(files), "datasets": ["study"]}
     assert not any(path.exists() for path in blob_paths)
+    with sqlite3.connect(home / "catalog.sqlite") as catalog:  # DICOMweb's index: nothing left to search or serve
+        indexed = dict(catalog.execute("SELECT images.slide_id, COUNT(*) FROM dicom_instances "
+                                       "JOIN images ON images.id = dicom_instances.image_id GROUP BY images.slide_id"))
+    assert erased["slide_id"] not in indexed and indexed[kept["slide_id"]] == len(kept["files"]) - 1
     remaining = stored_bytes(home)
     assert remaining and not any(needle in remaining for needle in needles)
     slides = json_lines(run_cli("slides", "list", "--json", home=home, check=True).stdout)[0]
