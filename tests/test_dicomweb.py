@@ -28,6 +28,7 @@ from wsidicom import WsiDicom, WsiDicomWebClient
 
 from conftest import json_lines, open_dataset, run_cli, running_server
 from orthanc import OrthancUnavailable, running_orthanc
+from slidebank.api.frames import multipart_related
 from slidebank.db.models import DicomInstance
 from slidebank.db.models import Image as ImageRow
 from slidebank.dicomweb.negotiation import NotAcceptable, frame_answer, media_ranges
@@ -67,6 +68,8 @@ def site(tmp_path_factory: pytest.TempPathFactory, aperio_slide, generic_slide) 
     run_cli("datasets", "create", "restricted", "--policy", "Apply to the DAC", "--committee", "dac",
             home=home, check=True)
     open_dataset(home, "public")
+    run_cli("datasets", "create", "submissions", "--policy", "Apply to the DAC", "--committee", "dac",
+            home=home, check=True)  # STOW-RS stores here; no reader of the other tests sees it
     jpeg2000 = modalities.write_aperio_j2k_svs(folder / "j2k.svs", colorspace="rgb", width=700, height=500,
                                                tile=128, levels=2, mpp=0.5)
     slides = {}
@@ -297,7 +300,7 @@ def test_orthanc_and_slidebank_answer_alike(site: Site) -> None:
         pytest.skip(str(reason))
     try:
         orthanc.store([path for paths in site.exported.values() for path in paths])
-        theirs, ours = DICOMwebClient(orthanc.dicomweb), site.client("root")
+        theirs, ours = DICOMwebClient(orthanc.dicomweb), site.client("alice")  # she reads all three slides
         header = headers_of(site.exported["jpeg"][0])
         queries: list[tuple[str, dict[str, Any], str, tuple[str, ...]]] = [
             ("studies", {}, STUDY, ("00100020", "00200010", "00201206", "00201208")),
@@ -333,6 +336,57 @@ def test_orthanc_and_slidebank_answer_alike(site: Site) -> None:
                     theirs.retrieve_instance_frames(*ids, frame_numbers=numbers, media_types=media), (kind, ids)
     finally:
         orthanc_context.__exit__(None, None, None)
+
+
+# --- STOW-RS ------------------------------------------------------------------------------------------
+
+
+def test_stow_stores_through_the_ingest_pipeline_and_a_failure_leaves_nothing(site: Site) -> None:
+    def stow(who: str) -> DICOMwebClient:
+        return DICOMwebClient(f"{site.base}/dicomweb", headers=site.headers(who), stow_url_prefix="datasets/submissions")
+
+    received = [pydicom.dcmread(path) for path in site.exported["open"]]
+    with pytest.raises(requests.HTTPError) as refused:
+        stow("bob").store_instances(received)
+    assert refused.value.response.status_code == 403
+
+    # A slide with one truncated level and a part that is no DICOM at all: refused whole, nothing kept.
+    level0 = max(site.exported["open"], key=lambda p: p.stat().st_size)
+    parts = [(p.read_bytes()[: p.stat().st_size // 2] if p == level0 else p.read_bytes(), "application/dicom")
+             for p in site.exported["open"]] + [(b"not dicom at all", "application/dicom")]
+    body = multipart_related(parts, "stowboundary")
+    answer = httpx.post(f"{site.base}/dicomweb/studies", params={"dataset": "submissions"}, content=body,
+                        timeout=300, headers={**site.headers("root"),
+                                              "Content-Type": 'multipart/related; type="application/dicom"; '
+                                                              "boundary=stowboundary"})
+    assert answer.status_code == 409, answer.text
+    failed = answer.json()["00081198"]["Value"]
+    assert len(failed) == len(parts) and "not a DICOM instance" in answer.headers["warning"]
+    assert "00081199" not in answer.json()
+    assert not list((site.home / "uploads").glob("*/*"))  # the received parts went with the request
+    [listed] = json_lines(run_cli("slides", "list", "--json", home=site.home, check=True).stdout)
+    assert not [s for s in listed if s.get("dataset") == "submissions"]
+
+    stored = stow("root").store_instances(received)
+    items = stored.ReferencedSOPSequence
+    assert {str(i.ReferencedSOPInstanceUID) for i in items} == {str(d.SOPInstanceUID) for d in received}
+    assert all(i.WarningReason == 0xB000 for i in items) and "FailedSOPSequence" not in stored
+    [series_url] = {str(i.RetrieveURL) for i in items}
+    study_uid, series_uid = series_url.split("/studies/")[1].split("/series/")
+    assert series_uid != str(received[0].SeriesInstanceUID)  # new UIDs: the stored files are de-identified copies
+    root = site.client("root")
+    instances = root.search_for_instances(study_uid, series_uid, fields=["NumberOfFrames"])
+    assert len(instances) == len(received)
+    base = max(instances, key=lambda i: value(i, "00480006") or 0)
+    original = max(received, key=lambda d: int(d.TotalPixelMatrixColumns))
+    media = (("image/jpeg", "1.2.840.10008.1.2.4.50"),)
+    assert root.retrieve_instance_frames(study_uid, series_uid, value(base, SOP), frame_numbers=[1, 2],
+                                         media_types=media) == \
+        root.retrieve_instance_frames(str(original.StudyInstanceUID), str(original.SeriesInstanceUID),
+                                      str(original.SOPInstanceUID), frame_numbers=[1, 2], media_types=media)
+    assert site.client("alice").search_for_studies(search_filters={"StudyInstanceUID": study_uid}) == []
+    again = stow("root").store_instances(received)  # the same files again: already stored, not twice
+    assert {str(i.RetrieveURL) for i in again.ReferencedSOPSequence} == {series_url}
 
 
 # --- The index and the negotiation ----------------------------------------------------------------------

@@ -21,6 +21,7 @@ from slidebank.api.access import access_routes
 from slidebank.api.annotations import annotation_routes
 from slidebank.api.catalog import catalog_routes
 from slidebank.api.dicomweb import dicomweb_routes
+from slidebank.api.dicomweb_stow import stow_routes
 from slidebank.api.errors import install_error_handlers
 from slidebank.api.exports import export_routes
 from slidebank.api.fastpath import PixelFastPath
@@ -31,6 +32,7 @@ from slidebank.api.schemas import Health
 from slidebank.api.security import Gatekeeper
 from slidebank.api.tiles import tile_routes
 from slidebank.dicomweb.service import DicomWeb
+from slidebank.ingest.stow import clear_stale_uploads
 from slidebank.node import Node
 from slidebank.slides.stored import index_stored_instances
 from slidebank.tiles.service import TileService
@@ -57,6 +59,7 @@ def create_app(node: Node | None = None) -> FastAPI:
     app = FastAPI(title="Slidebank", version=__version__, max_body_size=MAX_BODY_BYTES, docs_url=None,
                   redoc_url=None, lifespan=lifespan)
     index_stored_instances(node.catalog, node.open_blob)  # slides stored before DICOMweb: once
+    clear_stale_uploads(node.settings.home)  # STOW-RS bodies of requests a crash interrupted
     tiles = TileService(node.catalog, node.open_blob)
     gatekeeper.on_governance_change(tiles.evict_missing)  # erased slides: files closed, keys dropped
     app.state.gatekeeper, app.state.tiles = gatekeeper, tiles
@@ -69,6 +72,7 @@ def create_app(node: Node | None = None) -> FastAPI:
     app.include_router(export_routes(gatekeeper))
     dicomweb = DicomWeb(node.catalog, tiles, node.open_blob)
     app.include_router(dicomweb_routes(dicomweb, tiles, gatekeeper))
+    app.include_router(stow_routes(node, dicomweb, gatekeeper))
     install_error_handlers(app)
     app.add_middleware(PixelFastPath, tiles=tiles, gatekeeper=gatekeeper, dicomweb=dicomweb)
     app.add_middleware(SecurityHeaders)

@@ -35,6 +35,7 @@ MAX_FRAMES = 64  # frames one request may ask for
 UID = Annotated[str, Path(pattern=r"^[0-9.]{1,64}$", description="A DICOM UID")]
 FrameList = Annotated[str, Path(pattern=r"^\d{1,9}(,\d{1,9}){0,63}$", description="Frame numbers from 1, e.g. 1,2,3")]
 Viewport = Annotated[str | None, Query(pattern=r"^\d{1,5},\d{1,5}$", description="WIDTH,HEIGHT to fit the image in")]
+Quality = Annotated[int, Query(ge=1, le=100, description="JPEG quality")]
 _JSON_ANSWER: dict[int | str, dict[str, Any]] = {200: {"content": {DICOM_JSON: {}}}}
 
 
@@ -120,7 +121,7 @@ def dicomweb_routes(service: DicomWeb, tiles: TileService, gatekeeper: Gatekeepe
         results = []
         for instance in instances:
             gatekeeper.read_tile(caller, instance.slide_id, "dicomweb metadata")
-            base = _public_base(request) + _instance_path(instance) + "/bulkdata"
+            base = public_base(request) + _instance_path(instance) + "/bulkdata"
             results.append(service.metadata(instance, base))
         return JSONResponse(results, media_type=DICOM_JSON)
 
@@ -199,32 +200,31 @@ def dicomweb_routes(service: DicomWeb, tiles: TileService, gatekeeper: Gatekeepe
         return Response(as_encoded(image, media_type, quality), media_type=media_type)
 
     instance_path = "/studies/{study}/series/{series}/instances/{sop}"
-    quality_query = Annotated[int, Query(ge=1, le=100, description="JPEG quality")]
 
     @router.get(instance_path + "/rendered", response_class=Response, summary="WADO-RS: the instance as an image")
     def rendered_instance(study: UID, series: UID, sop: UID, caller: Principal = Depends(current),
                           accept: Annotated[str | None, Header()] = None, viewport: Viewport = None,
-                          quality: quality_query = 90) -> Response:
+                          quality: Quality = 90) -> Response:
         return rendered(caller, accept, viewport, quality, study, series, sop, None)
 
     @router.get(instance_path + "/frames/{frame}/rendered", response_class=Response,
                 summary="WADO-RS: one frame as an image")
     def rendered_frame(study: UID, series: UID, sop: UID, frame: Annotated[int, Path(ge=1, le=10**9)],
                        caller: Principal = Depends(current), accept: Annotated[str | None, Header()] = None,
-                       viewport: Viewport = None, quality: quality_query = 90) -> Response:
+                       viewport: Viewport = None, quality: Quality = 90) -> Response:
         return rendered(caller, accept, viewport, quality, study, series, sop, frame)
 
     @router.get(instance_path + "/thumbnail", response_class=Response, summary="WADO-RS: the instance's thumbnail")
     def instance_thumbnail(study: UID, series: UID, sop: UID, caller: Principal = Depends(current),
                            accept: Annotated[str | None, Header()] = None, viewport: Viewport = None,
-                           quality: quality_query = 90) -> Response:
+                           quality: Quality = 90) -> Response:
         return rendered(caller, accept, viewport, quality, study, series, sop, None, thumbnail=True)
 
     @router.get(instance_path + "/frames/{frame}/thumbnail", response_class=Response,
                 summary="WADO-RS: a frame's thumbnail")
     def frame_thumbnail(study: UID, series: UID, sop: UID, frame: Annotated[int, Path(ge=1, le=10**9)],
                         caller: Principal = Depends(current), accept: Annotated[str | None, Header()] = None,
-                        viewport: Viewport = None, quality: quality_query = 90) -> Response:
+                        viewport: Viewport = None, quality: Quality = 90) -> Response:
         return rendered(caller, accept, viewport or "128,128", quality, study, series, sop, frame, thumbnail=True)
 
     def slide_thumbnail(caller: Principal, accept: str | None, viewport: str | None, quality: int, study: str,
@@ -238,14 +238,14 @@ def dicomweb_routes(service: DicomWeb, tiles: TileService, gatekeeper: Gatekeepe
     @router.get("/studies/{study}/thumbnail", response_class=Response, summary="WADO-RS: the study's thumbnail")
     def study_thumbnail(study: UID, caller: Principal = Depends(current),
                         accept: Annotated[str | None, Header()] = None, viewport: Viewport = None,
-                        quality: quality_query = 90) -> Response:
+                        quality: Quality = 90) -> Response:
         return slide_thumbnail(caller, accept, viewport, quality, study, None)
 
     @router.get("/studies/{study}/series/{series}/thumbnail", response_class=Response,
                 summary="WADO-RS: the series' thumbnail")
     def series_thumbnail(study: UID, series: UID, caller: Principal = Depends(current),
                          accept: Annotated[str | None, Header()] = None, viewport: Viewport = None,
-                         quality: quality_query = 90) -> Response:
+                         quality: Quality = 90) -> Response:
         return slide_thumbnail(caller, accept, viewport, quality, study, series)
 
     return router
@@ -270,7 +270,7 @@ def frames_body(frames: list[bytes], answer: FrameAnswer) -> tuple[bytes, str]:
                   f"boundary={BOUNDARY}")
 
 
-def _public_base(request: Request) -> str:
+def public_base(request: Request) -> str:
     """Where clients reach this server, for the BulkDataURIs of metadata: SLIDEBANK_PUBLIC_URL when set
     (behind a proxy), else the request's own. dicomweb-client sends `Host` without the port: when
     no proxy says otherwise, the port is the one the request arrived on."""

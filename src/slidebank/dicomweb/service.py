@@ -129,6 +129,15 @@ class DicomWeb:
                 self._known[instance.sop_instance_uid] = instance
         return found
 
+    def series_of(self, slide_id: str) -> tuple[str, str] | None:
+        """(study, series) UIDs of a stored slide's canonical instances."""
+        with self._uow.read() as session:
+            row = session.execute(
+                select(DicomInstance.study_uid, DicomInstance.series_uid)
+                .join(ImageRow, ImageRow.id == DicomInstance.image_id).where(ImageRow.slide_id == slide_id).limit(1)
+            ).first()
+        return (row[0], row[1]) if row else None
+
     def known(self, sop_instance_uid: str) -> StoredInstance | None:
         """An instance found by an earlier request in this process (the fast path's lookup), else None."""
         with self._lock:
