@@ -389,6 +389,63 @@ def test_stow_stores_through_the_ingest_pipeline_and_a_failure_leaves_nothing(si
     assert {str(i.RetrieveURL) for i in again.ReferencedSOPSequence} == {series_url}
 
 
+# --- Slidebank as a client of an archive ------------------------------------------------------------------
+
+
+def test_slides_are_pushed_to_and_pulled_from_an_archive(site: Site, tmp_path: Path) -> None:
+    try:
+        orthanc_context = running_orthanc()
+        orthanc = orthanc_context.__enter__()
+    except OrthancUnavailable as reason:
+        pytest.skip(str(reason))
+    try:
+        pushed = json_lines(run_cli("push", site.slides["open"], site.slides["jpeg"], "--to", orthanc.dicomweb,
+                                    "--json", home=site.home, check=True).stdout)[0]
+        assert pushed["instances"] == {site.slides["open"]: len(site.exported["open"]),
+                                       site.slides["jpeg"]: len(site.exported["jpeg"])}
+        theirs = DICOMwebClient(orthanc.dicomweb)
+        header = {kind: headers_of(site.exported[kind][0]) for kind in ("open", "jpeg")}
+        assert uids(theirs.search_for_instances(str(header["open"].StudyInstanceUID)), SOP) == {
+            str(headers_of(p).SOPInstanceUID) for p in site.exported["open"]}
+        audit = json_lines(run_cli("audit", "show", "--json", home=site.home, check=True).stdout)
+        assert {e["slide_id"] for e in audit if e["action"] == "slide.push"} == {site.slides["open"], site.slides["jpeg"]}
+
+        fresh = tmp_path / "fresh"
+        run_cli("init", home=fresh, check=True)
+        run_cli("datasets", "create", "pulled", "--policy", "Apply to the DAC", home=fresh, check=True)
+        by_study = f"dicomweb+{orthanc.dicomweb}/studies/{header['open'].StudyInstanceUID}"
+        by_query = f"dicomweb+{orthanc.dicomweb}/studies?PatientID={header['jpeg'].PatientID}"
+        outcomes = json_lines(run_cli("ingest", by_study, by_query, "--dataset", "pulled", "--json", "--no-qc",
+                                      home=fresh, check=True).stdout)
+        assert [o["status"] for o in outcomes] == ["ingested", "ingested"]
+        assert not list((fresh / "uploads").glob("*/*"))  # what was retrieved went once stored
+        origin, pulled = Node.open(site.home), Node.open(fresh)
+        try:
+            for kind in ("open", "jpeg"):
+                original = open_stored_slide(origin.catalog, origin.open_blob, site.slides[kind])
+                sizes = {o["slide_id"]: pulled.catalog.get_slide(o["slide_id"]) for o in outcomes}
+                [slide_id] = [k for k, v in sizes.items() if v and v["width"] == original.dimensions[0]]
+                copy = open_stored_slide(pulled.catalog, pulled.open_blob, slide_id)
+                try:  # frames copied, not re-encoded, on the way out and back in
+                    assert copy.level_count == original.level_count
+                    assert copy.read_encoded_tile(0, 1, 1, crop_to_level=False) == \
+                        original.read_encoded_tile(0, 1, 1, crop_to_level=False)
+                finally:
+                    copy.close()
+                    original.close()
+        finally:
+            origin.close()
+            pulled.close()
+
+        nothing = run_cli("ingest", f"dicomweb+{orthanc.dicomweb}/studies?PatientID=NOBODY", "--dataset", "pulled",
+                          home=fresh)
+        assert nothing.returncode == 2 and "nothing that matches" in nothing.stdout + nothing.stderr
+        unknown = run_cli("ingest", f"dicomweb+{orthanc.dicomweb}/studies/1.2.3.4", "--dataset", "pulled", home=fresh)
+        assert unknown.returncode == 2 and "404" in unknown.stdout + unknown.stderr
+    finally:
+        orthanc_context.__exit__(None, None, None)
+
+
 # --- The index and the negotiation ----------------------------------------------------------------------
 
 

@@ -11,33 +11,26 @@ ones (FailedSOPSequence with a FailureReason; the reasons in words in the Warnin
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from pathlib import Path as FilePath
-from typing import IO, Annotated, Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
-from python_multipart.multipart import MultipartParser
 from starlette.concurrency import run_in_threadpool
 
 from slidebank.access.principal import Principal
 from slidebank.api.dicomweb import DICOM_JSON, PREFIX, UID, public_base
 from slidebank.api.security import Gatekeeper, principal_dependency, require_user
 from slidebank.dicomweb.service import DicomWeb
+from slidebank.ingest.multipart import BadMultipart, PartsToFiles, boundary_of
 from slidebank.ingest.stow import StowResult, store_received, upload_folder
 from slidebank.node import Node
 
 MAX_STOW_BYTES = int(float(os.environ.get("SLIDEBANK_STOW_MAX_GB", "64")) * 2**30)
-MAX_PARTS = 10000
 COERCED = 0xB000  # WarningReason: coercion of data elements (new UIDs, de-identified)
 DatasetQuery = Annotated[str, Query(min_length=1, max_length=255, description="The dataset to store into")]
 DatasetPath = Annotated[str, Path(min_length=1, max_length=255, description="The dataset to store into")]
-_BOUNDARY = re.compile(r'boundary="?([^";,]{1,200})"?', re.IGNORECASE)
-
-
-class BadUpload(ValueError):
-    """The body is not a multipart/related of at most MAX_PARTS parts."""
 
 
 def stow_routes(node: Node, service: DicomWeb, gatekeeper: Gatekeeper) -> APIRouter:
@@ -48,15 +41,15 @@ def stow_routes(node: Node, service: DicomWeb, gatekeeper: Gatekeeper) -> APIRou
         require_user(caller)
         if not caller.moderates(dataset) or dataset not in {d["name"] for d in node.catalog.datasets()}:
             raise HTTPException(403, f"only administrators and data stewards of {dataset!r} store into it")
-        content_type = request.headers.get("content-type", "")
-        boundary = _BOUNDARY.search(content_type)
-        if not content_type.lower().startswith("multipart/related") or boundary is None:
-            raise HTTPException(415, 'STOW-RS takes multipart/related; type="application/dicom" with a boundary')
+        try:
+            boundary = boundary_of(request.headers.get("content-type", ""))
+        except BadMultipart as error:
+            raise HTTPException(415, f'STOW-RS takes multipart/related; type="application/dicom": {error}') from error
         folder = upload_folder(node.settings.home)
         try:
             try:
-                parts = await _receive(request, boundary.group(1), folder)
-            except BadUpload as error:
+                parts = await _receive(request, boundary, folder)
+            except BadMultipart as error:
                 raise HTTPException(400, str(error)) from error
             if not parts:
                 raise HTTPException(400, "the body holds no part")
@@ -95,34 +88,10 @@ def stow_routes(node: Node, service: DicomWeb, gatekeeper: Gatekeeper) -> APIRou
 
 async def _receive(request: Request, boundary: str, folder: FilePath) -> list[FilePath]:
     """Each part of the body, written to its own file in `folder` as it arrives."""
-    parts: list[FilePath] = []
-    handles: list[IO[bytes]] = []
-
-    def begin() -> None:
-        if len(parts) >= MAX_PARTS:
-            raise BadUpload(f"more than {MAX_PARTS} parts")
-        parts.append(folder / f"part-{len(parts):05d}.dcm")
-        handles.append(open(parts[-1], "wb"))  # noqa: SIM115 - closed at the part's end
-
-    def data(chunk: bytes, start: int, end: int) -> None:
-        handles[-1].write(chunk[start:end])
-
-    def end() -> None:
-        handles[-1].close()
-
-    parser = MultipartParser(boundary, callbacks={"on_part_begin": begin, "on_part_data": data, "on_part_end": end})
-    try:
-        async for chunk in request.stream():
-            await run_in_threadpool(parser.write, chunk)
-        parser.finalize()
-    except BadUpload:
-        raise
-    except Exception as error:  # noqa: BLE001 - python-multipart raises its own errors on a malformed body
-        raise BadUpload(f"not a readable multipart/related body: {error}") from error
-    finally:
-        for handle in handles:
-            handle.close()
-    return parts
+    writer = PartsToFiles(boundary, folder)
+    async for chunk in request.stream():
+        await run_in_threadpool(writer.feed, chunk)
+    return writer.close()
 
 
 def _answer(results: list[StowResult], service: DicomWeb, base: str) -> Response:

@@ -3,6 +3,7 @@ with a progress display for people and one JSON line per slide for scripts."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -27,10 +28,44 @@ from slidebank.cli.jobs import run_queued_qc
 
 def register_ingest_command(app: typer.Typer) -> None:
     app.command()(ingest)
+    app.command()(push)
+
+
+def push(
+    slides: Annotated[Optional[list[str]], typer.Argument(help="Slide ids (or --dataset).")] = None,
+    to: Annotated[str, typer.Option("--to", help="The archive's DICOMweb root, e.g. http://pacs/dicom-web")] = "",
+    dataset: Annotated[Optional[str], typer.Option(help="Every slide of this dataset.")] = None,
+    as_json: JsonOption = False,
+    home: HomeOption = None,
+) -> None:
+    """Store slides' canonical, de-identified DICOM instances in a DICOMweb archive (STOW-RS). Audited per slide."""
+    from slidebank.access.principal import operator
+    from slidebank.ingest.pacs import ArchiveError
+    from slidebank.ingest.pacs import push as push_slides
+
+    if not to or bool(slides) == bool(dataset):
+        fail("name the slides or one --dataset, and the archive with --to")
+    node = open_node(home)
+    try:
+        chosen = list(slides or [s["slide_id"] for s in node.catalog.list_slides() if s.get("dataset") == dataset])
+        if not chosen:
+            fail(f"dataset {dataset!r} holds no slide")
+        sent = push_slides(node, chosen, to, operator())
+    except ArchiveError as error:
+        fail(str(error), 1)
+    finally:
+        node.close()
+    if as_json:
+        print_json({"to": to, "instances": sent})
+    else:
+        for slide_id, count in sent.items():
+            console.print(f"{slide_id}: {count} instance(s) stored at {to}")
 
 
 def ingest(
-    paths: Annotated[list[Path], typer.Argument(help="Slide files or folders (searched recursively).")],
+    paths: Annotated[list[str], typer.Argument(help="Slide files or folders (searched recursively), or a DICOMweb "
+                                                     "archive's study, series or query: dicomweb+http://host/root/"
+                                                     "studies/UID[/series/UID] or …/studies?PatientID=…")],
     dataset: Annotated[Optional[str], typer.Option(help="Dataset to put the slides in.")] = None,
     metadata: Annotated[Optional[Path], typer.Option(help="Sidecar CSV/JSON describing the slides.")] = None,
     slide_id: Annotated[Optional[str], typer.Option("--slide-id", help="Keep your own id (one slide only).")] = None,
@@ -45,24 +80,37 @@ def ingest(
     Exit 1 if any slide was rejected."""
     from dataclasses import replace
 
+    from slidebank.ingest.pacs import ArchiveError, fetch, is_archive_url
     from slidebank.ingest.pipeline import with_default_mpp
     from slidebank.ingest.runner import IngestUsageError, plan_ingest, run_ingest
     from slidebank.ingest.sidecar import SidecarError, parse_mpp
+    from slidebank.ingest.stow import upload_folder
 
     try:
         default_mpp = parse_mpp(mpp) if mpp is not None else None
     except ValueError as error:
         fail(f"--{error}")
-    try:
-        plan = plan_ingest(paths, dataset=dataset, sidecar=metadata, slide_id=slide_id)
-    except (FileNotFoundError, IngestUsageError, SidecarError) as error:
-        fail(str(error))
-    plan = replace(plan, requests=tuple(with_default_mpp(r, default_mpp) for r in plan.requests))
     node = open_node(home)
-    if as_json:
-        outcomes = run_ingest(node, plan, workers=workers, on_outcome=lambda o: print_json(o.to_json()))
-    else:
-        outcomes = _ingest_with_progress(node, plan, workers)
+    retrieved = upload_folder(node.settings.home) if any(is_archive_url(p) for p in paths) else None
+    try:
+        inputs = [Path(p) for p in paths if not is_archive_url(p)]
+        for url in (p for p in paths if is_archive_url(p)):
+            assert retrieved is not None
+            found = fetch(url, retrieved)
+            if not found:
+                fail(f"{url}: the archive holds nothing that matches")
+            inputs += found
+        plan = plan_ingest(inputs, dataset=dataset, sidecar=metadata, slide_id=slide_id)
+        plan = replace(plan, requests=tuple(with_default_mpp(r, default_mpp) for r in plan.requests))
+        if as_json:
+            outcomes = run_ingest(node, plan, workers=workers, on_outcome=lambda o: print_json(o.to_json()))
+        else:
+            outcomes = _ingest_with_progress(node, plan, workers)
+    except (FileNotFoundError, IngestUsageError, SidecarError, ArchiveError) as error:
+        fail(str(error))
+    finally:
+        if retrieved is not None:
+            shutil.rmtree(retrieved, ignore_errors=True)  # what came from the archive is stored now, or refused
     if qc:
         _quality_control(node, [o.slide_id for o in outcomes if o.status == "ingested" and o.slide_id], as_json)
     node.close()
