@@ -30,7 +30,8 @@ system-deps:
 	fi
 
 # OpenSeadragon and Annotorious from npm (pinned in web/package-lock.json), copied where the app
-# serves them. Annotorious's UMD build bundles PixiJS and plugs into the OpenSeadragon global.
+# serves them; dicom-microscopy-viewer and dicomweb-client (JS) stay in web/node_modules for the DICOMweb
+# viewer test. Annotorious's UMD build bundles PixiJS and plugs into the OpenSeadragon global.
 # Swagger UI and ReDoc for /docs and /redoc come from npm too, so the API pages load no script from a CDN;
 # ReDoc's sidebar would still fetch Redocly's logo from theirs (the pages' CSP blocks it): an empty inline image instead.
 $(OSD_VENDOR)/openseadragon.min.js $(ANNOTORIOUS_VENDOR)/annotorious-openseadragon.js $(DOCS_VENDOR)/swagger-ui-bundle.js &: web/package-lock.json | system-deps

@@ -7,8 +7,12 @@ one (a generic TIFF), served by `slidebank serve`; alice holds a grant on the co
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import http.server
 import io
+import shutil
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -336,6 +340,75 @@ def test_orthanc_and_slidebank_answer_alike(site: Site) -> None:
                     theirs.retrieve_instance_frames(*ids, frame_numbers=numbers, media_types=media), (kind, ids)
     finally:
         orthanc_context.__exit__(None, None, None)
+
+
+# --- dicom-microscopy-viewer (Slim's viewer library) in Chromium -------------------------------------------
+
+VIEWER_PAGE = Path(__file__).parent / "viewer" / "dicom-microscopy-viewer.html"
+NODE_MODULES = Path(__file__).resolve().parents[1] / "web" / "node_modules"
+
+
+@pytest.fixture(scope="module")
+def viewer_origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The viewer page with the npm libraries, served from its own origin (as Slim is)."""
+    dist = NODE_MODULES / "dicom-microscopy-viewer" / "dist"
+    if not dist.is_dir():
+        pytest.skip("dicom-microscopy-viewer is not installed (make install runs npm ci in web/)")
+    root = tmp_path_factory.mktemp("viewer")
+    shutil.copy(VIEWER_PAGE, root / "index.html")
+    shutil.copy(NODE_MODULES / "dicomweb-client" / "build" / "dicomweb-client.js", root)
+    for path in dist.iterdir():
+        if path.is_file() and path.suffix in (".js", ".wasm"):
+            shutil.copy(path, root)
+    (root / "static" / "js").mkdir(parents=True)  # where the bundle loads its decoding worker from
+    for path in (dist / "dynamic-import").iterdir():
+        if path.suffix in (".js", ".wasm"):
+            shutil.copy(path, root / "static" / "js")
+    (root / "favicon.ico").write_bytes(b"")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_dicom_microscopy_viewer_shows_the_slide_with_no_failed_frame(site: Site, viewer_origin: str,
+                                                                      browser) -> None:  # noqa: ANN001
+    header = headers_of(site.exported["jpeg"][0])
+    failed: list[str] = []
+    frames: list[str] = []
+    page = browser.new_page()
+
+    def answered(response: Any) -> None:
+        if "/dicomweb/" in response.url:
+            if response.status >= 400:
+                failed.append(f"{response.status} {response.url}")
+            elif "/frames/" in response.url:
+                frames.append(response.url)
+
+    page.on("response", answered)
+    page.on("requestfailed", lambda request: failed.append(f"{request.failure} {request.url}"))
+    query = (f"url={site.base}/dicomweb&study={header.StudyInstanceUID}&series={header.SeriesInstanceUID}"
+             f"&token={site.tokens['alice']}")
+    page.goto(f"{viewer_origin}/index.html?{query}")
+    page.wait_for_function("window.viewerState !== 'starting'", timeout=60000)
+    assert page.evaluate("window.viewerState").startswith("rendered"), page.evaluate("window.viewerState")
+    page.wait_for_load_state("networkidle")
+    page.wait_for_timeout(1000)
+    shot = np.asarray(Image.open(io.BytesIO(page.locator("#viewport").screenshot())).convert("RGB"), dtype=np.int16)
+    tissue = (shot.max(axis=2) - shot.min(axis=2) > 30).mean()  # coloured pixels: stained tissue, not glass
+    assert frames and not failed, failed[:5]
+    assert tissue > 0.2, f"only {tissue:.0%} of the viewport shows tissue"
+
+    page.goto(f"{viewer_origin}/index.html?{query.split('&token=')[0]}")  # no token: a controlled slide is not there
+    page.wait_for_function("window.viewerState !== 'starting'", timeout=60000)
+    assert page.evaluate("window.viewerState").startswith("error")
+    page.close()
 
 
 # --- STOW-RS ------------------------------------------------------------------------------------------

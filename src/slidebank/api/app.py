@@ -26,7 +26,7 @@ from slidebank.api.errors import install_error_handlers
 from slidebank.api.exports import export_routes
 from slidebank.api.fastpath import PixelFastPath
 from slidebank.api.frames import frame_routes
-from slidebank.api.middleware import HeadAsGet, SecurityHeaders, watch_governance
+from slidebank.api.middleware import DicomwebCors, HeadAsGet, SecurityHeaders, watch_governance
 from slidebank.api.processing import processing_routes
 from slidebank.api.schemas import Health
 from slidebank.api.security import Gatekeeper
@@ -76,7 +76,8 @@ def create_app(node: Node | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(PixelFastPath, tiles=tiles, gatekeeper=gatekeeper, dicomweb=dicomweb)
     app.add_middleware(SecurityHeaders)
-    app.add_middleware(HeadAsGet)  # outermost: a HEAD of a tile takes the fast path too
+    app.add_middleware(HeadAsGet)  # a HEAD of a tile takes the fast path too
+    app.add_middleware(DicomwebCors)  # outermost: preflights never reach the app
 
     @app.get("/healthz", response_model=Health, summary="The server answers, and its version")
     def health() -> dict[str, str]:

@@ -77,6 +77,39 @@ class SecurityHeaders:
         await self.app(scope, receive, with_headers)
 
 
+class DicomwebCors:
+    """Cross-origin access to /dicomweb: DICOMweb viewers (Slim, dicom-microscopy-viewer) are usually
+    served from another origin. Any origin may ask, with a bearer token in `Authorization` (never with
+    cookies: none are honoured cross-site), so what it gets is exactly what that token may read;
+    preflight requests are answered here."""
+
+    PREFIX = "/dicomweb/"
+    ALLOW = [(b"access-control-allow-origin", b"*"),
+             (b"access-control-expose-headers", b"Warning, ETag, Content-Type, Content-Length")]
+    PREFLIGHT = [*ALLOW, (b"access-control-allow-methods", b"GET, HEAD, POST, OPTIONS"),
+                 (b"access-control-allow-headers", b"Authorization, Accept, Content-Type, If-None-Match"),
+                 (b"access-control-max-age", b"600"), (b"content-length", b"0")]
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(self.PREFIX):
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] == "OPTIONS":
+            await send({"type": "http.response.start", "status": 204, "headers": self.PREFLIGHT})
+            await send({"type": "http.response.body", "body": b""})
+            return
+
+        async def with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *self.ALLOW]}
+            await send(message)
+
+        await self.app(scope, receive, with_cors)
+
+
 def watch_governance(sync: Callable[[], None], interval: float = WATCH_SECONDS) -> threading.Event:
     """Also check the governance version in the background, so that a process nobody is asking
     anything still lets go of an erased slide's files and keys within a second. Returns the
