@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -20,6 +21,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import pydicom
 import pytest
 
 from conftest import json_lines, open_dataset, run_cli, running_server
@@ -30,6 +32,7 @@ PATH_VALUES = {
     "level": "0", "col": "0", "row": "0", "extension": "jpeg", "region": "full", "size": "max", "rotation": "0",
     "quality_format": "default.jpg", "name": "restricted", "request_id": "no-such-request",
     "grant_id": "no-such-grant", "job_id": "no-such-job", "heatmap": "tissue",
+    "frames": "1", "frame": "1", "path": "00480105/0/00282000",  # DICOMweb: the frame, the ICC profile
 }
 ROLES = {"steward": "data_steward", "dac": "dac_member", "alice": "researcher", "bob": "researcher",
          "root": "administrator"}
@@ -90,8 +93,30 @@ def documented_get_routes(site: Site) -> list[str]:
     return routes
 
 
-def fill(path: str, slide_id: str) -> str:
-    values = {**PATH_VALUES, "slide_id": slide_id}
+@functools.cache
+def dicom_uids(slide_id: str, home: Path) -> dict[str, str]:
+    """The study, series and level-0 instance UIDs of a slide, for the DICOMweb routes."""
+    node = Node.open(home)
+    try:
+        [base] = [f for f in node.volume_files(slide_id) if f.level == 0]
+        blob = node.open_blob(base)
+        with blob.stream() as handle:
+            header = pydicom.dcmread(handle, stop_before_pixels=True)
+        blob.close()
+    finally:
+        node.close()
+    return {"study": str(header.StudyInstanceUID), "series": str(header.SeriesInstanceUID),
+            "sop": str(header.SOPInstanceUID)}
+
+
+def is_slide_route(path: str) -> bool:
+    """A route about one slide (a QIDO-RS search scoped to a study answers every caller, with only
+    what it may read: a listing, not a slide route)."""
+    return "{slide_id}" in path or ("{study}" in path and not path.endswith(("/series", "/instances")))
+
+
+def fill(path: str, slide_id: str, home: Path) -> str:
+    values = {**PATH_VALUES, "slide_id": slide_id, **(dicom_uids(slide_id, home) if "{study}" in path else {})}
     return re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], path)
 
 
@@ -99,23 +124,25 @@ def fill(path: str, slide_id: str) -> str:
 def test_every_documented_route_with_every_role(site: Site, who: str | None) -> None:
     """A route added later that serves a restricted slide, or lists it, to someone without a grant fails here."""
     routes = documented_get_routes(site)
-    slide_routes = [path for path in routes if "{slide_id}" in path]
-    assert len(slide_routes) >= 8 and "/api/search" in routes
+    slide_routes = [path for path in routes if is_slide_route(path)]
+    assert len(slide_routes) >= 20 and "/api/search" in routes and "/dicomweb/studies" in routes
     reader = who in READERS
+    restricted_study = dicom_uids(site.restricted, site.home)["study"]
     with site.client(who) as http:
         for path in routes:
-            response = http.get(fill(path, site.restricted), follow_redirects=False)
+            response = http.get(fill(path, site.restricted, site.home), follow_redirects=False)
             assert response.status_code != 500, path
-            if "{slide_id}" in path:
+            if is_slide_route(path):
                 if reader:
                     assert response.status_code in (200, 303), (path, response.status_code, response.text[:200])
                 else:
                     assert response.status_code == 404, (who, path, response.status_code)
             elif not reader and path not in ("/api/audit",):
                 assert site.restricted not in response.text, f"{path} shows a restricted slide to {who}"
+                assert restricted_study not in response.text, f"{path} shows a restricted study to {who}"
             # the open dataset is everyone's
-            if "{slide_id}" in path:
-                assert http.get(fill(path, site.public), follow_redirects=False).status_code in (200, 303), path
+            if is_slide_route(path):
+                assert http.get(fill(path, site.public, site.home), follow_redirects=False).status_code in (200, 303), path
 
 
 def test_search_counts_and_errors_do_not_reveal_restricted_slides(site: Site) -> None:

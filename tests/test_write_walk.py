@@ -5,18 +5,21 @@ nothing; then one who is allowed succeeds. A write route added later without an 
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 from fastapi.testclient import TestClient
 
 from conftest import json_lines, run_cli
 from slidebank.access.principal import operator
 from slidebank.annotations.geojson import parse_document
+from slidebank.api.frames import multipart_related
 from slidebank.jobs import JobSpec
 from slidebank.node import Node
 
@@ -38,6 +41,9 @@ class World:
 
     def call(self, who: str | None, method: str, path: str, body: Any = None) -> Any:
         headers = {"Authorization": f"Bearer {self.tokens[who]}"} if who else {}
+        if isinstance(body, bytes):  # a STOW-RS body
+            headers["Content-Type"] = f'multipart/related; type="application/dicom"; boundary={STOW_BOUNDARY}'
+            return self.client.request(method, path, content=body, headers=headers)
         return self.client.request(method, path, json=body, headers=headers)
 
 
@@ -62,6 +68,31 @@ class Write:
     allowed: frozenset[str]  # roles that may; everyone else is refused
     body: Callable[[World], Any] = lambda world: None
     unchanged: Callable[[World], Any] = lambda world: None  # a view of the state a refusal must leave as it is
+
+
+STOW_BOUNDARY = "walkboundary"
+
+
+def _smallest_level(world: World) -> bytes:
+    """The smallest stored level of the walk's slide, decrypted: a one-level slide to store."""
+    smallest = max(world.node.volume_files(world.slide), key=lambda f: f.level or 0)
+    blob = world.node.open_blob(smallest)
+    try:
+        return blob.pread(0, blob.size)
+    finally:
+        blob.close()
+
+
+def _stow_body(world: World) -> bytes:
+    return multipart_related([(_smallest_level(world), "application/dicom")], STOW_BOUNDARY)
+
+
+def _study(world: World) -> str:
+    return str(pydicom.dcmread(io.BytesIO(_smallest_level(world)), stop_before_pixels=True).StudyInstanceUID)
+
+
+def _slides(world: World) -> int:
+    return len(world.node.catalog.list_slides())
 
 
 def _feature(world: World) -> Any:
@@ -101,6 +132,14 @@ WRITES = [
     Write("POST", "/api/erasures", frozenset({"steward", "root"}),
           body=lambda w: {"subject": w.node.catalog.get_slide(w.doomed)["subject"]},  # type: ignore[index]
           unchanged=lambda w: w.node.catalog.slide_exists(w.doomed)),
+    # STOW-RS: stewards of the dataset and administrators store into it (a one-level slide here)
+    Write("POST", "/dicomweb/studies?dataset=closed", frozenset({"steward", "root"}), body=_stow_body, unchanged=_slides),
+    Write("POST", "/dicomweb/studies/{study}?dataset=closed", frozenset({"steward", "root"}), body=_stow_body,
+          unchanged=_slides),
+    Write("POST", "/dicomweb/datasets/closed/studies", frozenset({"steward", "root"}), body=_stow_body,
+          unchanged=_slides),
+    Write("POST", "/dicomweb/datasets/closed/studies/{study}", frozenset({"steward", "root"}), body=_stow_body,
+          unchanged=_slides),
 ]
 OWN = {  # writes on the caller's own things: any account may, nobody anonymous
     ("POST", "/api/tokens"), ("POST", "/api/access-requests"), ("POST", "/api/session"), ("DELETE", "/api/session"),
@@ -136,14 +175,16 @@ def test_every_write_route_is_in_the_walk(world: World) -> None:
                   for method in operations if method != "get"}
     walked = {(w.method, w.path.replace("{slide}", "{slide_id}").replace("{feature}", "{feature_id}")
                .replace("{request}", "{request_id}").replace("{grant}", "{grant_id}").replace("{token}", "{token_id}")
-               .replace("{job}", "{job_id}").replace("/ana/", "/{name}/")) for w in WRITES}
+               .replace("{job}", "{job_id}").replace("/ana/", "/{name}/").replace("/closed/", "/{dataset}/")
+               .partition("?")[0]) for w in WRITES}
     assert documented - walked - OWN == set(), "write routes missing from the walk"
 
 
 @pytest.mark.parametrize("write", WRITES, ids=[f"{w.method} {w.path}" for w in WRITES])
 def test_a_write_on_someone_elses_object_is_refused_and_changes_nothing(world: World, write: Write) -> None:
     fresh_objects(world)
-    path = write.path.format(slide=world.slide, **world.objects)
+    path = write.path.format(slide=world.slide, study=_study(world) if "{study}" in write.path else "",
+                             **world.objects)
     before = write.unchanged(world)
     for who in EVERYONE:
         if who in write.allowed:

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from slidebank.access.principal import Principal
 from slidebank.api.frames import BOUNDARY, multipart_related
+from slidebank.api.schemas import errors
 from slidebank.api.security import Gatekeeper, principal_dependency
 from slidebank.api.tiles import caching_headers, not_modified
 from slidebank.dicomweb import search as qido
@@ -37,6 +38,14 @@ FrameList = Annotated[str, Path(pattern=r"^\d{1,9}(,\d{1,9}){0,63}$", descriptio
 Viewport = Annotated[str | None, Query(pattern=r"^\d{1,5},\d{1,5}$", description="WIDTH,HEIGHT to fit the image in")]
 Quality = Annotated[int, Query(ge=1, le=100, description="JPEG quality")]
 _JSON_ANSWER: dict[int | str, dict[str, Any]] = {200: {"content": {DICOM_JSON: {}}}}
+SEARCHED = {**_JSON_ANSWER, **errors(400, 401, 404)}  # 404: a malformed UID in the path
+DESCRIBED = {**_JSON_ANSWER, **errors(401, 404)}
+RETRIEVED: dict[int | str, dict[str, Any]] = {200: {"content": {"multipart/related": {}}}, **errors(401, 404, 406)}
+FRAMES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"multipart/related": {}, "image/jpeg": {}, "image/jls": {}, "image/jp2": {}}},
+    304: {"description": "Not modified"}, **errors(401, 404, 406)}
+RENDERED: dict[int | str, dict[str, Any]] = {200: {"content": {"image/jpeg": {}, "image/png": {}}},
+                                             **errors(400, 401, 404, 406)}
 
 
 def dicomweb_routes(service: DicomWeb, tiles: TileService, gatekeeper: Gatekeeper) -> APIRouter:
@@ -56,27 +65,27 @@ def dicomweb_routes(service: DicomWeb, tiles: TileService, gatekeeper: Gatekeepe
                               f'{", ".join(query.ignored)}"'} if query.ignored else {}
         return JSONResponse(answer.results, media_type=DICOM_JSON, headers=headers)
 
-    @router.get("/studies", responses=_JSON_ANSWER, summary="QIDO-RS: search for studies")
+    @router.get("/studies", responses=SEARCHED, summary="QIDO-RS: search for studies")
     def search_studies(request: Request, caller: Principal = Depends(current)) -> Response:
         return search("study", request, caller, {})
 
-    @router.get("/series", responses=_JSON_ANSWER, summary="QIDO-RS: search for series")
+    @router.get("/series", responses=SEARCHED, summary="QIDO-RS: search for series")
     def search_all_series(request: Request, caller: Principal = Depends(current)) -> Response:
         return search("series", request, caller, {})
 
-    @router.get("/studies/{study}/series", responses=_JSON_ANSWER, summary="QIDO-RS: search a study's series")
+    @router.get("/studies/{study}/series", responses=SEARCHED, summary="QIDO-RS: search a study's series")
     def search_series(study: UID, request: Request, caller: Principal = Depends(current)) -> Response:
         return search("series", request, caller, {"StudyInstanceUID": study})
 
-    @router.get("/instances", responses=_JSON_ANSWER, summary="QIDO-RS: search for instances")
+    @router.get("/instances", responses=SEARCHED, summary="QIDO-RS: search for instances")
     def search_all_instances(request: Request, caller: Principal = Depends(current)) -> Response:
         return search("instance", request, caller, {})
 
-    @router.get("/studies/{study}/instances", responses=_JSON_ANSWER, summary="QIDO-RS: search a study's instances")
+    @router.get("/studies/{study}/instances", responses=SEARCHED, summary="QIDO-RS: search a study's instances")
     def search_study_instances(study: UID, request: Request, caller: Principal = Depends(current)) -> Response:
         return search("instance", request, caller, {"StudyInstanceUID": study})
 
-    @router.get("/studies/{study}/series/{series}/instances", responses=_JSON_ANSWER,
+    @router.get("/studies/{study}/series/{series}/instances", responses=SEARCHED,
                 summary="QIDO-RS: search a series' instances")
     def search_series_instances(study: UID, series: UID, request: Request,
                                 caller: Principal = Depends(current)) -> Response:
@@ -99,17 +108,18 @@ def dicomweb_routes(service: DicomWeb, tiles: TileService, gatekeeper: Gatekeepe
         return StreamingResponse(_multipart_instances(service, instances, boundary),
                                  media_type=f'multipart/related; type="application/dicom"; boundary={boundary}')
 
-    @router.get("/studies/{study}", response_class=Response, summary="WADO-RS: a study's instances")
+    @router.get("/studies/{study}", response_class=Response, responses=RETRIEVED, summary="WADO-RS: a study's instances")
     def retrieve_study(study: UID, caller: Principal = Depends(current),
                        accept: Annotated[str | None, Header()] = None) -> Response:
         return retrieve(caller, accept, study)
 
-    @router.get("/studies/{study}/series/{series}", response_class=Response, summary="WADO-RS: a series' instances")
+    @router.get("/studies/{study}/series/{series}", response_class=Response, responses=RETRIEVED,
+                summary="WADO-RS: a series' instances")
     def retrieve_series(study: UID, series: UID, caller: Principal = Depends(current),
                         accept: Annotated[str | None, Header()] = None) -> Response:
         return retrieve(caller, accept, study, series)
 
-    @router.get("/studies/{study}/series/{series}/instances/{sop}", response_class=Response,
+    @router.get("/studies/{study}/series/{series}/instances/{sop}", response_class=Response, responses=RETRIEVED,
                 summary="WADO-RS: one instance, as stored")
     def retrieve_instance(study: UID, series: UID, sop: UID, caller: Principal = Depends(current),
                           accept: Annotated[str | None, Header()] = None) -> Response:
@@ -125,22 +135,23 @@ def dicomweb_routes(service: DicomWeb, tiles: TileService, gatekeeper: Gatekeepe
             results.append(service.metadata(instance, base))
         return JSONResponse(results, media_type=DICOM_JSON)
 
-    @router.get("/studies/{study}/metadata", responses=_JSON_ANSWER, summary="WADO-RS: a study's metadata")
+    @router.get("/studies/{study}/metadata", responses=DESCRIBED, summary="WADO-RS: a study's metadata")
     def study_metadata(study: UID, request: Request, caller: Principal = Depends(current)) -> Response:
         return metadata(request, caller, study)
 
-    @router.get("/studies/{study}/series/{series}/metadata", responses=_JSON_ANSWER,
+    @router.get("/studies/{study}/series/{series}/metadata", responses=DESCRIBED,
                 summary="WADO-RS: a series' metadata")
     def series_metadata(study: UID, series: UID, request: Request, caller: Principal = Depends(current)) -> Response:
         return metadata(request, caller, study, series)
 
-    @router.get("/studies/{study}/series/{series}/instances/{sop}/metadata", responses=_JSON_ANSWER,
+    @router.get("/studies/{study}/series/{series}/instances/{sop}/metadata", responses=DESCRIBED,
                 summary="WADO-RS: an instance's metadata (large binary values as BulkDataURI)")
     def instance_metadata(study: UID, series: UID, sop: UID, request: Request,
                           caller: Principal = Depends(current)) -> Response:
         return metadata(request, caller, study, series, sop)
 
     @router.get("/studies/{study}/series/{series}/instances/{sop}/bulkdata/{path:path}", response_class=Response,
+                responses={200: {"content": {"multipart/related": {}}}, **errors(401, 404)},
                 summary="WADO-RS: a large binary value named in the metadata")
     def bulkdata(study: UID, series: UID, sop: UID, path: Annotated[str, Path(pattern=r"^[0-9A-F]{8}(/\d{1,6}/[0-9A-F]{8})*$")],
                  caller: Principal = Depends(current)) -> Response:
@@ -155,7 +166,7 @@ def dicomweb_routes(service: DicomWeb, tiles: TileService, gatekeeper: Gatekeepe
 
     # --- WADO-RS: frames --------------------------------------------------------------------------
 
-    @router.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frames}", response_class=Response,
+    @router.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frames}", response_class=Response, responses=FRAMES,
                 summary="WADO-RS: frames, as stored or transcoded as the Accept header asks")
     def retrieve_frames(study: UID, series: UID, sop: UID, frames: FrameList, request: Request,
                         caller: Principal = Depends(current), accept: Annotated[str | None, Header()] = None,
@@ -201,26 +212,28 @@ def dicomweb_routes(service: DicomWeb, tiles: TileService, gatekeeper: Gatekeepe
 
     instance_path = "/studies/{study}/series/{series}/instances/{sop}"
 
-    @router.get(instance_path + "/rendered", response_class=Response, summary="WADO-RS: the instance as an image")
+    @router.get(instance_path + "/rendered", response_class=Response, responses=RENDERED,
+                summary="WADO-RS: the instance as an image")
     def rendered_instance(study: UID, series: UID, sop: UID, caller: Principal = Depends(current),
                           accept: Annotated[str | None, Header()] = None, viewport: Viewport = None,
                           quality: Quality = 90) -> Response:
         return rendered(caller, accept, viewport, quality, study, series, sop, None)
 
-    @router.get(instance_path + "/frames/{frame}/rendered", response_class=Response,
+    @router.get(instance_path + "/frames/{frame}/rendered", response_class=Response, responses=RENDERED,
                 summary="WADO-RS: one frame as an image")
     def rendered_frame(study: UID, series: UID, sop: UID, frame: Annotated[int, Path(ge=1, le=10**9)],
                        caller: Principal = Depends(current), accept: Annotated[str | None, Header()] = None,
                        viewport: Viewport = None, quality: Quality = 90) -> Response:
         return rendered(caller, accept, viewport, quality, study, series, sop, frame)
 
-    @router.get(instance_path + "/thumbnail", response_class=Response, summary="WADO-RS: the instance's thumbnail")
+    @router.get(instance_path + "/thumbnail", response_class=Response, responses=RENDERED,
+                summary="WADO-RS: the instance's thumbnail")
     def instance_thumbnail(study: UID, series: UID, sop: UID, caller: Principal = Depends(current),
                            accept: Annotated[str | None, Header()] = None, viewport: Viewport = None,
                            quality: Quality = 90) -> Response:
         return rendered(caller, accept, viewport, quality, study, series, sop, None, thumbnail=True)
 
-    @router.get(instance_path + "/frames/{frame}/thumbnail", response_class=Response,
+    @router.get(instance_path + "/frames/{frame}/thumbnail", response_class=Response, responses=RENDERED,
                 summary="WADO-RS: a frame's thumbnail")
     def frame_thumbnail(study: UID, series: UID, sop: UID, frame: Annotated[int, Path(ge=1, le=10**9)],
                         caller: Principal = Depends(current), accept: Annotated[str | None, Header()] = None,
@@ -235,13 +248,14 @@ def dicomweb_routes(service: DicomWeb, tiles: TileService, gatekeeper: Gatekeepe
         image = service.thumbnail(instance.slide_id, _viewport(viewport) or (256, 256))
         return Response(as_encoded(image, media_type, quality), media_type=media_type)
 
-    @router.get("/studies/{study}/thumbnail", response_class=Response, summary="WADO-RS: the study's thumbnail")
+    @router.get("/studies/{study}/thumbnail", response_class=Response, responses=RENDERED,
+                summary="WADO-RS: the study's thumbnail")
     def study_thumbnail(study: UID, caller: Principal = Depends(current),
                         accept: Annotated[str | None, Header()] = None, viewport: Viewport = None,
                         quality: Quality = 90) -> Response:
         return slide_thumbnail(caller, accept, viewport, quality, study, None)
 
-    @router.get("/studies/{study}/series/{series}/thumbnail", response_class=Response,
+    @router.get("/studies/{study}/series/{series}/thumbnail", response_class=Response, responses=RENDERED,
                 summary="WADO-RS: the series' thumbnail")
     def series_thumbnail(study: UID, series: UID, caller: Principal = Depends(current),
                          accept: Annotated[str | None, Header()] = None, viewport: Viewport = None,

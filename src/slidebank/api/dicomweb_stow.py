@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from slidebank.access.principal import Principal
 from slidebank.api.dicomweb import DICOM_JSON, PREFIX, UID, public_base
+from slidebank.api.schemas import errors
 from slidebank.api.security import Gatekeeper, principal_dependency, require_user
 from slidebank.dicomweb.service import DicomWeb
 from slidebank.ingest.multipart import BadMultipart, PartsToFiles, boundary_of
@@ -29,6 +30,12 @@ from slidebank.node import Node
 
 MAX_STOW_BYTES = int(float(os.environ.get("SLIDEBANK_STOW_MAX_GB", "64")) * 2**30)
 COERCED = 0xB000  # WarningReason: coercion of data elements (new UIDs, de-identified)
+STORED: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Every instance stored", "content": {DICOM_JSON: {}}},
+    202: {"description": "Some instances stored, some not (FailedSOPSequence)", "content": {DICOM_JSON: {}}},
+    409: {"description": "No instance stored (FailedSOPSequence says why)", "content": {DICOM_JSON: {}}},
+    **errors(400, 401, 403, 404, 413, 415),  # 404: a malformed UID or dataset name in the path
+}
 DatasetQuery = Annotated[str, Query(min_length=1, max_length=255, description="The dataset to store into")]
 DatasetPath = Annotated[str, Path(min_length=1, max_length=255, description="The dataset to store into")]
 
@@ -58,13 +65,13 @@ def stow_routes(node: Node, service: DicomWeb, gatekeeper: Gatekeeper) -> APIRou
             shutil.rmtree(folder, ignore_errors=True)
         return _answer(results, service, public_base(request))
 
-    @router.post("/studies", response_class=Response, max_body_size=MAX_STOW_BYTES,
+    @router.post("/studies", response_class=Response, responses=STORED, max_body_size=MAX_STOW_BYTES,
                  summary="STOW-RS: store instances into a dataset (stewards, administrators)")
     async def store_instances(request: Request, dataset: DatasetQuery,
                               caller: Principal = Depends(current)) -> Response:
         return await store(request, caller, dataset, None)
 
-    @router.post("/studies/{study}", response_class=Response, max_body_size=MAX_STOW_BYTES,
+    @router.post("/studies/{study}", response_class=Response, responses=STORED, max_body_size=MAX_STOW_BYTES,
                  summary="STOW-RS: store instances of one study into a dataset")
     async def store_study_instances(study: UID, request: Request, dataset: DatasetQuery,
                                     caller: Principal = Depends(current)) -> Response:
@@ -72,12 +79,12 @@ def stow_routes(node: Node, service: DicomWeb, gatekeeper: Gatekeeper) -> APIRou
 
     # The same with the dataset in the path: a STOW-RS root per dataset, for clients that cannot add
     # a query parameter (dicomweb-client: `DICOMwebClient(url, stow_url_prefix="datasets/NAME")`).
-    @router.post("/datasets/{dataset}/studies", response_class=Response, max_body_size=MAX_STOW_BYTES,
+    @router.post("/datasets/{dataset}/studies", response_class=Response, responses=STORED, max_body_size=MAX_STOW_BYTES,
                  summary="STOW-RS: store instances into the dataset of the path")
     async def store_into(dataset: DatasetPath, request: Request, caller: Principal = Depends(current)) -> Response:
         return await store(request, caller, dataset, None)
 
-    @router.post("/datasets/{dataset}/studies/{study}", response_class=Response, max_body_size=MAX_STOW_BYTES,
+    @router.post("/datasets/{dataset}/studies/{study}", response_class=Response, responses=STORED, max_body_size=MAX_STOW_BYTES,
                  summary="STOW-RS: store instances of one study into the dataset of the path")
     async def store_study_into(dataset: DatasetPath, study: UID, request: Request,
                                caller: Principal = Depends(current)) -> Response:

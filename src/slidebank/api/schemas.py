@@ -68,12 +68,14 @@ _ERRORS: dict[int, dict[str, Any]] = {
     },
     403: {"description": "Not allowed, or a browser change without the session's CSRF token"},
     404: {"description": "No such thing, or one the caller may not see (the same answer)"},
+    406: {"description": "None of the representations the Accept header allows can be made"},
     409: {"description": "Conflicts with the current state"},
     413: {
         "description": "Request body too large",
         # The body limit answers before any route runs, in plain text when Content-Length tells it.
         "content": {"text/plain": {"schema": {"type": "string"}}},
     },
+    415: {"description": "The body is not of a media type the route takes"},
     429: {
         "description": "Too many failed log-ins",
         "headers": {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}},

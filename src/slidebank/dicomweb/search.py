@@ -121,7 +121,7 @@ def _condition(known: Attribute, value: str, fuzzy: bool) -> ColumnElement[bool]
     if known.keyword == "ModalitiesInStudy":
         return DicomInstance.study_uid.in_(
             select(DicomInstance.study_uid).where(DicomInstance.modality.in_(_values(value))))
-    column = getattr(DicomInstance, known.column)  # type: ignore[arg-type]
+    column = _indexed(known)
     if known.kind == "uid":
         return column.in_(_values(value))
     if known.kind == "number":
@@ -146,6 +146,12 @@ def _condition(known: Attribute, value: str, fuzzy: bool) -> ColumnElement[bool]
                        func.lower(column).like(func.lower("%^" + pattern + "%"), escape="\\"))
         return column.like(pattern, escape="\\")
     return column == value
+
+
+def _indexed(known: Attribute) -> Any:
+    """The index column of an attribute that has one."""
+    assert known.column is not None, known.keyword
+    return getattr(DicomInstance, known.column)
 
 
 def _filtered(query: Query, readable: frozenset[str] | None) -> list[ColumnElement[bool]]:
@@ -180,7 +186,7 @@ def search(session: Session, query: Query, readable: frozenset[str] | None) -> A
     columns = [a for a in ATTRIBUTES if a.column and a.level in (("study",) if query.level == "study"
                                                                   else ("study", "series"))]
     grouped = _joined(select(
-        *(func.max(getattr(DicomInstance, a.column)).label(a.keyword) for a in columns),  # type: ignore[arg-type]
+        *(func.max(_indexed(a)).label(a.keyword) for a in columns),
         func.count(distinct(DicomInstance.series_uid)).label("series"),
         func.count(DicomInstance.id).label("instances"),
         func.min(Dataset.alias).label("dataset"),

@@ -66,7 +66,7 @@ class PartsToFiles:
         """The part files, once the body has ended."""
         try:
             self._parser.finalize()
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:  # noqa: BLE001 - python-multipart raises its own errors on a truncated body
             raise BadMultipart(f"the multipart body ends early: {error}") from error
         finally:
             self._end()
