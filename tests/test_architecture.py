@@ -18,6 +18,7 @@ LAYERS: list[set[str]] = [
     {"client"},  # the SDK: over HTTP, or on a local node through the API app
     {"api"},  # the HTTP front end
     {"web"},  # pages the API serves
+    {"bundles"},  # BIGPICTURE submission bundles: export, and import through the ingest pipeline
     {"ingest", "processing"},  # runners: batch ingest and job workers open the node themselves
     {"node"},  # the composition root
     {"erasure", "dicomweb"},  # use cases spanning several services
@@ -27,7 +28,7 @@ LAYERS: list[set[str]] = [
     {"audit", "qc", "synth", "storage"},
     {"db"},  # engines, tables, migrations, the unit of work
 ]
-MAY_OPEN_THE_NODE = {"client", "cli", "api", "ingest", "processing"}
+MAY_OPEN_THE_NODE = {"client", "cli", "api", "ingest", "processing", "bundles"}
 
 
 def package_imports() -> dict[str, set[tuple[str, str]]]:

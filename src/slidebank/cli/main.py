@@ -11,6 +11,7 @@ import typer
 
 from slidebank import __version__
 from slidebank.cli.annotations import annotations_app
+from slidebank.cli.bundles import bundle_app
 from slidebank.cli.common import HomeOption, console, open_node
 from slidebank.cli.federated import federated_app
 from slidebank.cli.governance import register_governance_commands
@@ -53,6 +54,7 @@ register_slide_commands(app)
 app.add_typer(annotations_app, name="annotations")
 app.add_typer(patches_app, name="patches")
 app.add_typer(federated_app, name="federated")
+app.add_typer(bundle_app, name="bundle")
 register_governance_commands(app)
 register_job_commands(app)
 register_sample_commands(app)

@@ -1,0 +1,132 @@
+"""BIGPICTURE submission bundles: export writes every MetaFleX object type, valid against the XSDs
+(checked here with lxml directly, not through Slidebank's own validation), with checksums that match
+the files and references that resolve inside the bundle."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+import pytest
+from lxml import etree
+
+from conftest import REPO, json_lines, run_cli
+
+XSD = Path(os.environ.get("SLIDEBANK_METAFLEX_XSD", REPO.parent / "shared" / "bigpicture-metaflex"))
+SCHEMA_OF = {
+    "METADATA/dataset.xml": "BP.dataset.xsd", "METADATA/policy.xml": "BP.policy.xsd",
+    "METADATA/sample.xml": "BP.sample.xsd", "METADATA/staining.xml": "BP.staining.xsd",
+    "METADATA/image.xml": "BP.image.xsd", "METADATA/annotation.xml": "BP.annotation.xsd",
+    "METADATA/observation.xml": "BP.observation.xsd", "METADATA/observer.xml": "BP.observer.xsd",
+    "LANDING_PAGE/landing_page.xml": "BP.landing_page.xsd", "PRIVATE/organisation.xml": "BP.organisation.xsd",
+}
+SQUARE = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[10, 10], [90, 10], [90, 90], [10, 90],
+                                                                             [10, 10]]]},
+          "properties": {"classification": {"name": "Tumor"}}}
+
+
+@dataclass
+class Exported:
+    home: Path
+    bundle: Path
+    slides: dict[str, str]  # file name -> slide id
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory, aperio_slide, generic_slide) -> Iterator[Exported]:  # noqa: ANN001
+    if not (XSD / "BP.common.xsd").is_file():
+        pytest.skip(f"the MetaFleX XSDs are not at {XSD}")
+    folder = tmp_path_factory.mktemp("bundles")
+    home = folder / "node"
+    run_cli("init", home=home, check=True)
+    run_cli("datasets", "create", "liver-study", "--policy", "Apply to the DAC", "--duo", "DUO:0000007",
+            home=home, check=True)
+    sidecar = folder / "meta.csv"
+    sidecar.write_text(
+        "file,subject,species,sex,age_at_extraction,case,specimen,anatomical_site,specimen_type,block,stain,diagnosis\n"
+        f"{aperio_slide.path.name},PATIENT-1,human,female,P54Y,C1,S1,liver,biopsy,B1,H&E,hepatocellular carcinoma\n"
+        f"{generic_slide.path.name},PATIENT-1,human,female,P54Y,C1,S1,liver,biopsy,B1,\"H&E;Ki-67\",\n")
+    ingested = json_lines(run_cli("ingest", str(aperio_slide.path), str(generic_slide.path), "--dataset",
+                                  "liver-study", "--metadata", str(sidecar), "--json", "--no-qc", home=home,
+                                  check=True).stdout)
+    slides = {Path(line["path"]).name: line["slide_id"] for line in ingested}
+    drawn = folder / "drawn.geojson"
+    drawn.write_text(json.dumps({"type": "FeatureCollection", "features": [SQUARE]}))
+    run_cli("annotations", "import", slides[aperio_slide.path.name], str(drawn), home=home, check=True)
+    env = {"SLIDEBANK_METAFLEX_XSD": str(XSD)}
+    run_cli("bundle", "export", "liver-study", "--to", str(folder / "out"), home=home, check=True, env=env)
+    yield Exported(home, folder / "out" / "DATASET_liver-study", slides)
+
+
+def objects(bundle: Path) -> dict[str, set[str]]:
+    """Element name -> aliases of the objects of that kind, over every XML file of the bundle."""
+    found: dict[str, set[str]] = {}
+    for relative in SCHEMA_OF:
+        if (bundle / relative).is_file():
+            for element in etree.parse(str(bundle / relative)).getroot():
+                found.setdefault(element.tag, set()).add(element.get("alias"))
+    return found
+
+
+def test_every_xml_file_is_valid_against_the_metaflex_xsds(exported: Exported) -> None:
+    present = {relative for relative in SCHEMA_OF if (exported.bundle / relative).is_file()}
+    assert present >= set(SCHEMA_OF) - {"METADATA/observer.xml"}  # no observer recorded in this dataset
+    for relative in present:
+        schema = etree.XMLSchema(etree.parse(str(XSD / SCHEMA_OF[relative])))
+        document = etree.parse(str(exported.bundle / relative))
+        assert schema.validate(document), (relative, [str(e) for e in schema.error_log][:5])
+
+
+def test_the_graph_is_complete_and_every_reference_resolves(exported: Exported) -> None:
+    found = objects(exported.bundle)
+    assert len(found["IMAGE"]) == 2 and set(exported.slides.values()) == found["IMAGE"]
+    assert len(found["BIOLOGICAL_BEING"]) == 1 and len(found["SPECIMEN"]) == 1 and len(found["SLIDE"]) == 2
+    assert found["STAINING"] == {"H&E", "H&E+Ki-67"}
+    assert len(found["OBSERVATION"]) == 1 and len(found["ANNOTATION"]) == 1
+    targets = {"BIOLOGICAL_BEING_REF": "BIOLOGICAL_BEING", "EXTRACTED_FROM_REF": "BIOLOGICAL_BEING",
+               "PART_OF_CASE_REF": "CASE", "SAMPLED_FROM_REF": "SPECIMEN", "CREATED_FROM_REF": "BLOCK",
+               "STAINING_INFORMATION_REF": "STAINING", "IMAGE_OF": "SLIDE", "IMAGE_REF": "IMAGE",
+               "ANNOTATION_REF": "ANNOTATION", "OBSERVATION_REF": "OBSERVATION", "DATASET_REF": "DATASET"}
+    for relative in SCHEMA_OF:
+        if not (exported.bundle / relative).is_file():
+            continue
+        for element in etree.parse(str(exported.bundle / relative)).iter(*targets):
+            assert element.get("alias") in found[targets[element.tag]], (relative, element.tag, element.get("alias"))
+    sample = etree.parse(str(exported.bundle / "METADATA/sample.xml"))
+    codes = {e.findtext("TAG"): e.findtext("VALUE/CODE") for e in sample.iter("CODE_ATTRIBUTE")}
+    assert codes["animal_species"] and codes["anatomical_site"]  # coded, not only named
+    diagnosis = etree.parse(str(exported.bundle / "METADATA/observation.xml")).findtext(".//FREETEXT")
+    assert diagnosis == "hepatocellular carcinoma"
+
+
+def test_files_match_their_checksums_and_are_the_stored_dicom(exported: Exported) -> None:
+    listed = dict(reversed(line.split("  ", 1)) for line in
+                  (exported.bundle / "CHECKSUMS.sha256").read_text().splitlines())
+    files = {str(p.relative_to(exported.bundle)) for p in exported.bundle.rglob("*") if p.is_file()}
+    assert set(listed) == files - {"CHECKSUMS.sha256"}
+    for relative, digest in listed.items():
+        assert hashlib.sha256((exported.bundle / relative).read_bytes()).hexdigest() == digest, relative
+    image_xml = etree.parse(str(exported.bundle / "METADATA/image.xml"))
+    for element in image_xml.iter("FILE"):
+        assert listed[element.get("filename")] == element.get("checksum")
+        dataset = pydicom.dcmread(exported.bundle / element.get("filename"), stop_before_pixels=True)
+        assert dataset.SOPClassUID == "1.2.840.10008.5.1.4.1.1.77.1.6" and dataset.PatientIdentityRemoved == "YES"
+    [annotations] = list((exported.bundle / "ANNOTATIONS").glob("*.geojson"))
+    assert json.loads(annotations.read_text())["features"][0]["geometry"] == SQUARE["geometry"]
+
+
+def test_an_existing_bundle_or_an_unknown_dataset_is_refused(exported: Exported, tmp_path: Path) -> None:
+    env = {"SLIDEBANK_METAFLEX_XSD": str(XSD)}
+    again = run_cli("bundle", "export", "liver-study", "--to", str(exported.bundle.parent), home=exported.home,
+                    env=env)
+    assert again.returncode == 1 and "exists" in again.stdout + again.stderr
+    unknown = run_cli("bundle", "export", "nothing-here", "--to", str(tmp_path), home=exported.home, env=env)
+    assert unknown.returncode == 1 and "no dataset" in unknown.stdout + unknown.stderr
+    assert not list(tmp_path.iterdir())  # nothing half-written
+    audit = json_lines(run_cli("audit", "show", "--json", home=exported.home, check=True).stdout)
+    assert [e["dataset"] for e in audit if e["action"] == "dataset.export"] == ["liver-study"]
