@@ -7,15 +7,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+import re
+import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
 from lxml import etree
 
 from conftest import REPO, json_lines, run_cli
+from slidebank.node import Node
+from slidebank.slides.stored import open_stored_slide
 
 XSD = Path(os.environ.get("SLIDEBANK_METAFLEX_XSD", REPO.parent / "shared" / "bigpicture-metaflex"))
 SCHEMA_OF = {
@@ -130,3 +135,114 @@ def test_an_existing_bundle_or_an_unknown_dataset_is_refused(exported: Exported,
     assert not list(tmp_path.iterdir())  # nothing half-written
     audit = json_lines(run_cli("audit", "show", "--json", home=exported.home, check=True).stdout)
     assert [e["dataset"] for e in audit if e["action"] == "dataset.export"] == ["liver-study"]
+
+
+def graph(bundle: Path) -> dict[str, Any]:
+    """What must survive a round trip: aliases per kind, codes per object, statements, stainings."""
+    found = objects(bundle)
+    codes = set()
+    for relative in ("METADATA/sample.xml", "METADATA/staining.xml", "METADATA/policy.xml"):
+        for element in etree.parse(str(bundle / relative)).getroot():
+            for code in element.iter("CODE_ATTRIBUTE"):
+                codes.add((element.get("alias"), code.findtext("TAG"), code.findtext("VALUE/CODE"),
+                           code.findtext("VALUE/SCHEME")))
+    statements = {(e.get("alias"), e.findtext("STATEMENT/STATEMENT_TYPE"), e.findtext("STATEMENT/FREETEXT"))
+                  for e in etree.parse(str(bundle / "METADATA/observation.xml")).getroot()}
+    links = {(e.getparent().get("alias"), e.tag, e.get("alias"))
+             for e in etree.parse(str(bundle / "METADATA/sample.xml")).getroot().iter("*") if e.tag.endswith("_REF")}
+    return {"objects": {k: v for k, v in found.items() if k not in ("DATASET", "POLICY", "ORGANISATION")},
+            "codes": codes, "statements": statements, "links": links}
+
+
+def frame_digests(home: Path, slide_id: str) -> list[str]:
+    """SHA-256 of every stored frame, level by level: the pixels as stored."""
+    node = Node.open(home)
+    slide = open_stored_slide(node.catalog, node.open_blob, slide_id)
+    try:
+        digests = []
+        for level in range(slide.level_count):
+            columns, rows = slide.tile_grid(level)
+            digest = hashlib.sha256()
+            for row in range(rows):
+                for column in range(columns):
+                    digest.update(slide.read_encoded_tile(level, column, row, crop_to_level=False))
+            digests.append(digest.hexdigest())
+        return digests
+    finally:
+        slide.close()
+        node.close()
+
+
+def test_a_bundle_round_trips_into_a_fresh_node(exported: Exported, tmp_path: Path) -> None:
+    env = {"SLIDEBANK_METAFLEX_XSD": str(XSD)}
+    fresh = tmp_path / "fresh"
+    run_cli("init", home=fresh, check=True)
+    report = json_lines(run_cli("bundle", "import", str(exported.bundle), "--json", home=fresh, check=True,
+                                env=env).stdout)[0]
+    assert report == {"dataset": "liver-study", "images": 2, "observations": 1, "annotations": 1}
+    run_cli("bundle", "export", "liver-study", "--to", str(tmp_path / "again"), home=fresh, check=True, env=env)
+    again = tmp_path / "again" / "DATASET_liver-study"
+    assert graph(again) == graph(exported.bundle)
+    for slide_id in exported.slides.values():  # same slide ids, same pixels (frames copied, never re-encoded)
+        assert frame_digests(fresh, slide_id) == frame_digests(exported.home, slide_id)
+    features = [json.loads(p.read_text())["features"] for p in sorted((again / "ANNOTATIONS").glob("*.geojson"))]
+    assert [f["geometry"] for f in features[0]] == [SQUARE["geometry"]]
+    policy = etree.parse(str(again / "METADATA/policy.xml"))
+    assert [c.findtext("VALUE/CODE") for c in policy.iter("CODE_ATTRIBUTE")] == ["DUO:0000007"]
+
+
+def broken_copy(exported: Exported, tmp_path: Path, relative: str, change: Callable[[str], str]) -> Path:
+    copy = tmp_path / "DATASET_liver-study"
+    shutil.copytree(exported.bundle, copy)
+    path = copy / relative
+    path.write_text(change(path.read_text()))
+    return copy
+
+
+@pytest.mark.parametrize(("relative", "change", "expected"), [
+    ("METADATA/sample.xml", lambda x: x.replace("<CREATED_FROM_REF alias=\"", "<CREATED_FROM_REF alias=\"nope-", 1),
+     r"METADATA/sample\.xml:\d+ <CREATED_FROM_REF>: refers to 'nope-"),
+    ("METADATA/dataset.xml", lambda x: re.sub(r"<TITLE>.*?</TITLE>", "", x),
+     r"METADATA/dataset\.xml:\d+ <SHORT_NAME>: .*TITLE"),
+    ("METADATA/image.xml", lambda x: re.sub(r'checksum="[0-9a-f]{64}"', 'checksum="' + "0" * 64 + '"', x, count=1),
+     r"METADATA/image\.xml:\d+ <FILE>: .*SHA-256"),
+    ("METADATA/image.xml", lambda x: re.sub(r'filename="[^"]+"', 'filename="../../etc/passwd"', x, count=1),
+     r"not a path inside the bundle"),
+    ("LANDING_PAGE/landing_page.xml", lambda x: x[: len(x) // 2], r"LANDING_PAGE/landing_page\.xml:\d+: not well-formed"),
+])
+def test_an_invalid_bundle_is_refused_with_file_line_and_element_and_nothing_stays(
+        exported: Exported, tmp_path: Path, relative: str, change: Callable[[str], str], expected: str) -> None:
+    bundle = broken_copy(exported, tmp_path, relative, change)
+    fresh = tmp_path / "fresh"
+    run_cli("init", home=fresh, check=True)
+    refused = run_cli("bundle", "import", str(bundle), home=fresh, env={"SLIDEBANK_METAFLEX_XSD": str(XSD)})
+    said = " ".join((refused.stdout + refused.stderr).split())
+    assert refused.returncode == 1 and re.search(expected, said), said
+    assert_nothing_stored(fresh)
+
+
+def assert_nothing_stored(home: Path) -> None:
+    [datasets] = json_lines(run_cli("datasets", "list", "--json", home=home, check=True).stdout)
+    assert "liver-study" not in {d["name"] for d in datasets}
+    assert json_lines(run_cli("slides", "list", "--json", home=home, check=True).stdout) == [[]]
+    assert not [p for p in (home / "store").rglob("*") if p.is_file() and "objects" in p.parts]
+
+
+def test_an_image_the_pipeline_refuses_takes_the_whole_import_back(exported: Exported, tmp_path: Path) -> None:
+    """Checksums can be right and a file still broken: the import stops and removes what it stored."""
+    copy = tmp_path / "DATASET_liver-study"
+    shutil.copytree(exported.bundle, copy)
+    image_xml = copy / "METADATA/image.xml"
+    document = etree.parse(str(image_xml))
+    last = list(document.iter("FILE"))[-1]  # the second image's smallest level, cut short
+    target = copy / last.get("filename")
+    target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+    last.set("checksum", hashlib.sha256(target.read_bytes()).hexdigest())
+    document.write(str(image_xml), xml_declaration=True, encoding="UTF-8")
+    fresh = tmp_path / "fresh"
+    run_cli("init", home=fresh, check=True)
+    refused = run_cli("bundle", "import", str(copy), home=fresh, env={"SLIDEBANK_METAFLEX_XSD": str(XSD)})
+    assert refused.returncode == 1 and "rejected" in refused.stdout + refused.stderr
+    assert_nothing_stored(fresh)
+    audit = json_lines(run_cli("audit", "show", "--json", home=fresh, check=True).stdout)
+    assert "dataset.import_failed" in {e["action"] for e in audit}

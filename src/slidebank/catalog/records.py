@@ -35,6 +35,9 @@ class SlideDescription:
     diagnosis: str | None = None
     slide_id: str | None = None
     mpp: float | None = None  # µm per level-0 pixel as the submitter knows it; used where the file has none
+    # The exact aliases of the sample chain (being, case, specimen, block, slide), as a submission bundle
+    # names them: already pseudonymous, so kept as they are. None: built from the labels above.
+    sample_aliases: tuple[str, str, str, str, str] | None = None
 
     def merged_over(self, base: SlideDescription) -> SlideDescription:
         """Fields set here win; unset ones fall back to `base` (e.g. CLI --dataset)."""

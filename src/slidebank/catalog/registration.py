@@ -167,7 +167,8 @@ def raise_if_taken(session: Session, slide: IngestedSlide) -> None:
 def _insert(session: Session, slide: IngestedSlide) -> Image:
     description = slide.description
     dataset = _dataset(session, description.dataset)
-    aliases = SampleAliases.for_image(description, slide.slide_id)
+    aliases = SampleAliases(*description.sample_aliases) if description.sample_aliases \
+        else SampleAliases.for_image(description, slide.slide_id)
 
     being = _get_or_create(session, BiologicalBeing, dataset, aliases.being)
     _fill(being, "species", SPECIES.normalise(description.species))

@@ -38,3 +38,34 @@ def export(
     else:
         console.print(f"{report.folder}: {report.images} image(s), {report.files} file(s), {report.bytes} bytes; "
                       "valid against the MetaFleX XSDs")
+
+
+@bundle_app.command("import")
+def import_(
+    folder: Annotated[Path, typer.Argument(help="The bundle's DATASET_<name>/ folder")],
+    dataset: Annotated[str | None, typer.Option(help="Import under this dataset name instead")] = None,
+    as_json: JsonOption = False,
+    home: HomeOption = None,
+) -> None:
+    """Check a submission bundle against the MetaFleX XSDs, its references and checksums, then store it:
+    images through the ingest pipeline, the sample graph, observations and annotations. A refused bundle
+    leaves nothing behind; each problem is shown with its file, line and element."""
+    from slidebank.access.principal import operator
+    from slidebank.bundles.importer import BundleInvalid, import_bundle
+    from slidebank.bundles.schemas import SchemasMissing
+
+    if not folder.is_dir():
+        fail(f"{folder}: no such folder")
+    node = open_node(home)
+    try:
+        report = import_bundle(node, folder, operator(), dataset)
+    except (BundleInvalid, SchemasMissing) as error:
+        fail(str(error), 1)
+    finally:
+        node.close()
+    if as_json:
+        print_json({"dataset": report.dataset, "images": report.images, "observations": report.observations,
+                    "annotations": report.annotations})
+    else:
+        console.print(f"dataset {report.dataset}: {report.images} image(s), {report.observations} observation(s), "
+                      f"{report.annotations} annotation file(s) imported")

@@ -262,7 +262,8 @@ def _convert_and_publish(
 ) -> IngestedSlide:
     secret = node.secret
     description = request.description
-    subject = pseudonym(secret, "subject", description.subject or f"source:{source_sha256}")
+    given = description.sample_aliases  # a bundle's aliases are pseudonyms already: kept
+    subject = given[0] if given else pseudonym(secret, "subject", description.subject or f"source:{source_sha256}")
     pixel_size = resolve_pixel_size(info, description.mpp)
     metadata = build_wsi_metadata(
         slide_id=slide_id,
@@ -335,6 +336,9 @@ def _pseudonymised(description: SlideDescription, secret: bytes, subject: str, s
     """Submitters' case, specimen, block and slide labels are accession numbers: identifying, so keyed."""
     def keyed(kind: str, value: str | None) -> str | None:
         return pseudonym(secret, kind, value) if value else None
+
+    if description.sample_aliases:  # a bundle's: pseudonymous already
+        return replace(description, subject=subject, slide_id=slide_id)
 
     return replace(
         description,

@@ -29,7 +29,7 @@ from slidebank.catalog.identifiers import SLIDE_ID_PATTERN
 from slidebank.catalog.records import SlideDescription
 from slidebank.catalog.vocabulary import SEX, UnknownTermError, valid_age
 
-DESCRIPTION_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(SlideDescription))
+DESCRIPTION_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(SlideDescription) if f.name != "sample_aliases")
 
 # Column names people write → SlideDescription field (or "file"). Headers are compared lower-case,
 # with spaces and hyphens read as underscores.
@@ -377,7 +377,7 @@ def _validate(path: Path, records: list[_Record], structural: list[str]) -> Side
         problems.append((record.line, f"{path.name} {record.location}: {message}"))
 
     for record in records:
-        values: dict[str, str | None] = {}
+        values: dict[str, Any] = {}  # description field -> text (or None)
         valid = True
         for field, raw in record.values.items():
             value = None if raw is None else str(raw).strip()
