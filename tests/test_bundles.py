@@ -173,22 +173,53 @@ def frame_digests(home: Path, slide_id: str) -> list[str]:
         node.close()
 
 
+OBSERVER_XML = """<?xml version='1.0' encoding='UTF-8'?>
+<OBSERVER_SET><OBSERVER alias="pathologist-7"><OBSERVER_TYPE>Human</OBSERVER_TYPE><ATTRIBUTES>
+<STRING_ATTRIBUTE><TAG>name</TAG><VALUE>Reader 7</VALUE></STRING_ATTRIBUTE></ATTRIBUTES></OBSERVER></OBSERVER_SET>
+"""
+
+
+def with_an_observer(exported: Exported, tmp_path: Path) -> Path:
+    """The bundle with its diagnosis made by an observer (Slidebank records none of its own)."""
+    copy = tmp_path / "DATASET_liver-study"
+    shutil.copytree(exported.bundle, copy)
+    (copy / "METADATA/observer.xml").write_text(OBSERVER_XML)
+    observations = copy / "METADATA/observation.xml"
+    document = etree.parse(str(observations))
+    for observation in document.getroot():
+        observation.find("STATEMENT").addprevious(etree.Element("OBSERVER_REF", alias="pathologist-7"))
+    document.write(str(observations), xml_declaration=True, encoding="UTF-8")
+    return copy
+
+
 def test_a_bundle_round_trips_into_a_fresh_node(exported: Exported, tmp_path: Path) -> None:
     env = {"SLIDEBANK_METAFLEX_XSD": str(XSD)}
     fresh = tmp_path / "fresh"
     run_cli("init", home=fresh, check=True)
-    report = json_lines(run_cli("bundle", "import", str(exported.bundle), "--json", home=fresh, check=True,
+    bundle = with_an_observer(exported, tmp_path)
+    report = json_lines(run_cli("bundle", "import", str(bundle), "--json", home=fresh, check=True,
                                 env=env).stdout)[0]
     assert report == {"dataset": "liver-study", "images": 2, "observations": 1, "annotations": 1}
     run_cli("bundle", "export", "liver-study", "--to", str(tmp_path / "again"), home=fresh, check=True, env=env)
     again = tmp_path / "again" / "DATASET_liver-study"
-    assert graph(again) == graph(exported.bundle)
+    assert graph(again) == graph(bundle)
+    assert objects(again)["OBSERVER"] == {"pathologist-7"}
+    assert [e.get("alias") for e in etree.parse(str(again / "METADATA/observation.xml")).iter("OBSERVER_REF")] == [
+        "pathologist-7"]
     for slide_id in exported.slides.values():  # same slide ids, same pixels (frames copied, never re-encoded)
         assert frame_digests(fresh, slide_id) == frame_digests(exported.home, slide_id)
     features = [json.loads(p.read_text())["features"] for p in sorted((again / "ANNOTATIONS").glob("*.geojson"))]
     assert [f["geometry"] for f in features[0]] == [SQUARE["geometry"]]
     policy = etree.parse(str(again / "METADATA/policy.xml"))
     assert [c.findtext("VALUE/CODE") for c in policy.iter("CODE_ATTRIBUTE")] == ["DUO:0000007"]
+
+
+@pytest.fixture(scope="module")
+def receiver(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A node that every refused bundle is offered to (and that must stay empty)."""
+    home = tmp_path_factory.mktemp("receiver") / "node"
+    run_cli("init", home=home, check=True)
+    return home
 
 
 def broken_copy(exported: Exported, tmp_path: Path, relative: str, change: Callable[[str], str]) -> Path:
@@ -211,10 +242,10 @@ def broken_copy(exported: Exported, tmp_path: Path, relative: str, change: Calla
     ("LANDING_PAGE/landing_page.xml", lambda x: x[: len(x) // 2], r"LANDING_PAGE/landing_page\.xml:\d+: not well-formed"),
 ])
 def test_an_invalid_bundle_is_refused_with_file_line_and_element_and_nothing_stays(
-        exported: Exported, tmp_path: Path, relative: str, change: Callable[[str], str], expected: str) -> None:
+        exported: Exported, receiver: Path, tmp_path: Path, relative: str, change: Callable[[str], str],
+        expected: str) -> None:
     bundle = broken_copy(exported, tmp_path, relative, change)
-    fresh = tmp_path / "fresh"
-    run_cli("init", home=fresh, check=True)
+    fresh = receiver
     refused = run_cli("bundle", "import", str(bundle), home=fresh, env={"SLIDEBANK_METAFLEX_XSD": str(XSD)})
     said = " ".join((refused.stdout + refused.stderr).split())
     assert refused.returncode == 1 and re.search(expected, said), said
@@ -228,7 +259,8 @@ def assert_nothing_stored(home: Path) -> None:
     assert not [p for p in (home / "store").rglob("*") if p.is_file() and "objects" in p.parts]
 
 
-def test_an_image_the_pipeline_refuses_takes_the_whole_import_back(exported: Exported, tmp_path: Path) -> None:
+def test_an_image_the_pipeline_refuses_takes_the_whole_import_back(exported: Exported, receiver: Path,
+                                                                  tmp_path: Path) -> None:
     """Checksums can be right and a file still broken: the import stops and removes what it stored."""
     copy = tmp_path / "DATASET_liver-study"
     shutil.copytree(exported.bundle, copy)
@@ -239,8 +271,7 @@ def test_an_image_the_pipeline_refuses_takes_the_whole_import_back(exported: Exp
     target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
     last.set("checksum", hashlib.sha256(target.read_bytes()).hexdigest())
     document.write(str(image_xml), xml_declaration=True, encoding="UTF-8")
-    fresh = tmp_path / "fresh"
-    run_cli("init", home=fresh, check=True)
+    fresh = receiver
     refused = run_cli("bundle", "import", str(copy), home=fresh, env={"SLIDEBANK_METAFLEX_XSD": str(XSD)})
     assert refused.returncode == 1 and "rejected" in refused.stdout + refused.stderr
     assert_nothing_stored(fresh)
