@@ -31,7 +31,7 @@ from sqlalchemy import delete, select
 from wsidicom import WsiDicom, WsiDicomWebClient
 
 from conftest import json_lines, open_dataset, run_cli, running_server
-from orthanc import OrthancUnavailable, running_orthanc
+from orthanc import OrthancUnavailable, RunningOrthanc, running_orthanc
 from slidebank.api.frames import multipart_related
 from slidebank.db.models import DicomInstance
 from slidebank.db.models import Image as ImageRow
@@ -296,50 +296,52 @@ def test_controlled_instances_are_not_found_without_a_grant_and_reads_are_audite
 # --- The same instances in Orthanc -----------------------------------------------------------------
 
 
-def test_orthanc_and_slidebank_answer_alike(site: Site) -> None:
+@pytest.fixture(scope="module")
+def orthanc() -> Iterator[RunningOrthanc]:
+    """Orthanc with its DICOMweb plugin: the reference archive (both tests store the same instances)."""
     try:
-        orthanc_context = running_orthanc()
-        orthanc = orthanc_context.__enter__()
+        with running_orthanc() as running:
+            yield running
     except OrthancUnavailable as reason:
         pytest.skip(str(reason))
-    try:
-        orthanc.store([path for paths in site.exported.values() for path in paths])
-        theirs, ours = DICOMwebClient(orthanc.dicomweb), site.client("alice")  # she reads all three slides
-        header = headers_of(site.exported["jpeg"][0])
-        queries: list[tuple[str, dict[str, Any], str, tuple[str, ...]]] = [
-            ("studies", {}, STUDY, ("00100020", "00200010", "00201206", "00201208")),
-            ("studies", {"PatientID": str(header.PatientID)}, STUDY, ("00100020",)),
-            ("studies", {"StudyDate": f"{header.StudyDate}-"}, STUDY, ()),
-            ("series", {"Modality": "SM"}, SERIES, ("00080060", "00201209", "00200011")),
-            ("instances", {"StudyInstanceUID": str(header.StudyInstanceUID)}, SOP,
-             ("00080016", "00280008", "00280010", "00280011")),
-            ("instances", {"SOPClassUID": str(header.SOPClassUID)}, SOP, ("0020000E",)),
-        ]
-        for level, filters, key, compared in queries:
-            search = {"studies": "search_for_studies", "series": "search_for_series",
-                      "instances": "search_for_instances"}[level]
-            fields = [tag for tag in compared if tag not in ("00201206", "00201208", "00201209")] or None
-            mine = getattr(ours, search)(search_filters=filters, fields=fields)
-            orthancs = getattr(theirs, search)(search_filters=filters, fields=fields)
-            assert uids(mine, key) == uids(orthancs, key), (level, filters)
-            by_key = {value(r, key): r for r in orthancs}
-            for result in mine:
-                for tag in compared:
-                    assert value(result, tag) == value(by_key[value(result, key)], tag), (level, filters, tag)
-        # Orthanc 1.10 does not percent-decode `*` (dicomweb-client sends %2A): wildcards as written.
-        wildcard = "/studies?PatientName=SUBJ-*&includefield=00100020"
-        assert uids(httpx.get(orthanc.dicomweb + wildcard).json(), STUDY) == uids(
-            httpx.get(f"{site.base}/dicomweb{wildcard}", headers=site.headers("root")).json(), STUDY) != set()
-        for kind in ("jpeg", "open"):
-            for path in site.exported[kind]:
-                dataset = headers_of(path)
-                ids = (str(dataset.StudyInstanceUID), str(dataset.SeriesInstanceUID), str(dataset.SOPInstanceUID))
-                numbers = sorted({1, int(dataset.NumberOfFrames), (int(dataset.NumberOfFrames) + 1) // 2})
-                media = (("image/jpeg", "1.2.840.10008.1.2.4.50"),)
-                assert ours.retrieve_instance_frames(*ids, frame_numbers=numbers, media_types=media) == \
-                    theirs.retrieve_instance_frames(*ids, frame_numbers=numbers, media_types=media), (kind, ids)
-    finally:
-        orthanc_context.__exit__(None, None, None)
+
+
+def test_orthanc_and_slidebank_answer_alike(site: Site, orthanc: RunningOrthanc) -> None:
+    orthanc.store([path for paths in site.exported.values() for path in paths])
+    theirs, ours = DICOMwebClient(orthanc.dicomweb), site.client("alice")  # she reads all three slides
+    header = headers_of(site.exported["jpeg"][0])
+    queries: list[tuple[str, dict[str, Any], str, tuple[str, ...]]] = [
+        ("studies", {}, STUDY, ("00100020", "00200010", "00201206", "00201208")),
+        ("studies", {"PatientID": str(header.PatientID)}, STUDY, ("00100020",)),
+        ("studies", {"StudyDate": f"{header.StudyDate}-"}, STUDY, ()),
+        ("series", {"Modality": "SM"}, SERIES, ("00080060", "00201209", "00200011")),
+        ("instances", {"StudyInstanceUID": str(header.StudyInstanceUID)}, SOP,
+         ("00080016", "00280008", "00280010", "00280011")),
+        ("instances", {"SOPClassUID": str(header.SOPClassUID)}, SOP, ("0020000E",)),
+    ]
+    for level, filters, key, compared in queries:
+        search = {"studies": "search_for_studies", "series": "search_for_series",
+                  "instances": "search_for_instances"}[level]
+        fields = [tag for tag in compared if tag not in ("00201206", "00201208", "00201209")] or None
+        mine = getattr(ours, search)(search_filters=filters, fields=fields)
+        orthancs = getattr(theirs, search)(search_filters=filters, fields=fields)
+        assert uids(mine, key) == uids(orthancs, key), (level, filters)
+        by_key = {value(r, key): r for r in orthancs}
+        for result in mine:
+            for tag in compared:
+                assert value(result, tag) == value(by_key[value(result, key)], tag), (level, filters, tag)
+    # Orthanc 1.10 does not percent-decode `*` (dicomweb-client sends %2A): wildcards as written.
+    wildcard = "/studies?PatientName=SUBJ-*&includefield=00100020"
+    assert uids(httpx.get(orthanc.dicomweb + wildcard).json(), STUDY) == uids(
+        httpx.get(f"{site.base}/dicomweb{wildcard}", headers=site.headers("root")).json(), STUDY) != set()
+    for kind in ("jpeg", "open"):
+        for path in site.exported[kind]:
+            dataset = headers_of(path)
+            ids = (str(dataset.StudyInstanceUID), str(dataset.SeriesInstanceUID), str(dataset.SOPInstanceUID))
+            numbers = sorted({1, int(dataset.NumberOfFrames), (int(dataset.NumberOfFrames) + 1) // 2})
+            media = (("image/jpeg", "1.2.840.10008.1.2.4.50"),)
+            assert ours.retrieve_instance_frames(*ids, frame_numbers=numbers, media_types=media) == \
+                theirs.retrieve_instance_frames(*ids, frame_numbers=numbers, media_types=media), (kind, ids)
 
 
 # --- dicom-microscopy-viewer (Slim's viewer library) in Chromium -------------------------------------------
@@ -465,58 +467,50 @@ def test_stow_stores_through_the_ingest_pipeline_and_a_failure_leaves_nothing(si
 # --- Slidebank as a client of an archive ------------------------------------------------------------------
 
 
-def test_slides_are_pushed_to_and_pulled_from_an_archive(site: Site, tmp_path: Path) -> None:
-    try:
-        orthanc_context = running_orthanc()
-        orthanc = orthanc_context.__enter__()
-    except OrthancUnavailable as reason:
-        pytest.skip(str(reason))
-    try:
-        pushed = json_lines(run_cli("push", site.slides["open"], site.slides["jpeg"], "--to", orthanc.dicomweb,
-                                    "--json", home=site.home, check=True).stdout)[0]
-        assert pushed["instances"] == {site.slides["open"]: len(site.exported["open"]),
-                                       site.slides["jpeg"]: len(site.exported["jpeg"])}
-        theirs = DICOMwebClient(orthanc.dicomweb)
-        header = {kind: headers_of(site.exported[kind][0]) for kind in ("open", "jpeg")}
-        assert uids(theirs.search_for_instances(str(header["open"].StudyInstanceUID)), SOP) == {
-            str(headers_of(p).SOPInstanceUID) for p in site.exported["open"]}
-        audit = json_lines(run_cli("audit", "show", "--json", home=site.home, check=True).stdout)
-        assert {e["slide_id"] for e in audit if e["action"] == "slide.push"} == {site.slides["open"], site.slides["jpeg"]}
+def test_slides_are_pushed_to_and_pulled_from_an_archive(site: Site, orthanc: RunningOrthanc, tmp_path: Path) -> None:
+    pushed = json_lines(run_cli("push", site.slides["open"], site.slides["jpeg"], "--to", orthanc.dicomweb,
+                                "--json", home=site.home, check=True).stdout)[0]
+    assert pushed["instances"] == {site.slides["open"]: len(site.exported["open"]),
+                                   site.slides["jpeg"]: len(site.exported["jpeg"])}
+    theirs = DICOMwebClient(orthanc.dicomweb)
+    header = {kind: headers_of(site.exported[kind][0]) for kind in ("open", "jpeg")}
+    assert uids(theirs.search_for_instances(str(header["open"].StudyInstanceUID)), SOP) == {
+        str(headers_of(p).SOPInstanceUID) for p in site.exported["open"]}
+    audit = json_lines(run_cli("audit", "show", "--json", home=site.home, check=True).stdout)
+    assert {e["slide_id"] for e in audit if e["action"] == "slide.push"} == {site.slides["open"], site.slides["jpeg"]}
 
-        fresh = tmp_path / "fresh"
-        run_cli("init", home=fresh, check=True)
-        run_cli("datasets", "create", "pulled", "--policy", "Apply to the DAC", home=fresh, check=True)
-        by_study = f"dicomweb+{orthanc.dicomweb}/studies/{header['open'].StudyInstanceUID}"
-        by_query = f"dicomweb+{orthanc.dicomweb}/studies?PatientID={header['jpeg'].PatientID}"
-        outcomes = json_lines(run_cli("ingest", by_study, by_query, "--dataset", "pulled", "--json", "--no-qc",
-                                      home=fresh, check=True).stdout)
-        assert [o["status"] for o in outcomes] == ["ingested", "ingested"]
-        assert not list((fresh / "uploads").glob("*/*"))  # what was retrieved went once stored
-        origin, pulled = Node.open(site.home), Node.open(fresh)
-        try:
-            for kind in ("open", "jpeg"):
-                original = open_stored_slide(origin.catalog, origin.open_blob, site.slides[kind])
-                sizes = {o["slide_id"]: pulled.catalog.get_slide(o["slide_id"]) for o in outcomes}
-                [slide_id] = [k for k, v in sizes.items() if v and v["width"] == original.dimensions[0]]
-                copy = open_stored_slide(pulled.catalog, pulled.open_blob, slide_id)
-                try:  # frames copied, not re-encoded, on the way out and back in
-                    assert copy.level_count == original.level_count
-                    assert copy.read_encoded_tile(0, 1, 1, crop_to_level=False) == \
-                        original.read_encoded_tile(0, 1, 1, crop_to_level=False)
-                finally:
-                    copy.close()
-                    original.close()
-        finally:
-            origin.close()
-            pulled.close()
-
-        nothing = run_cli("ingest", f"dicomweb+{orthanc.dicomweb}/studies?PatientID=NOBODY", "--dataset", "pulled",
-                          home=fresh)
-        assert nothing.returncode == 2 and "nothing that matches" in nothing.stdout + nothing.stderr
-        unknown = run_cli("ingest", f"dicomweb+{orthanc.dicomweb}/studies/1.2.3.4", "--dataset", "pulled", home=fresh)
-        assert unknown.returncode == 2 and "404" in unknown.stdout + unknown.stderr
+    fresh = tmp_path / "fresh"
+    run_cli("init", home=fresh, check=True)
+    run_cli("datasets", "create", "pulled", "--policy", "Apply to the DAC", home=fresh, check=True)
+    by_study = f"dicomweb+{orthanc.dicomweb}/studies/{header['open'].StudyInstanceUID}"
+    by_query = f"dicomweb+{orthanc.dicomweb}/studies?PatientID={header['jpeg'].PatientID}"
+    outcomes = json_lines(run_cli("ingest", by_study, by_query, "--dataset", "pulled", "--json", "--no-qc",
+                                  home=fresh, check=True).stdout)
+    assert [o["status"] for o in outcomes] == ["ingested", "ingested"]
+    assert not list((fresh / "uploads").glob("*/*"))  # what was retrieved went once stored
+    origin, pulled = Node.open(site.home), Node.open(fresh)
+    try:
+        for kind in ("open", "jpeg"):
+            original = open_stored_slide(origin.catalog, origin.open_blob, site.slides[kind])
+            sizes = {o["slide_id"]: pulled.catalog.get_slide(o["slide_id"]) for o in outcomes}
+            [slide_id] = [k for k, v in sizes.items() if v and v["width"] == original.dimensions[0]]
+            copy = open_stored_slide(pulled.catalog, pulled.open_blob, slide_id)
+            try:  # frames copied, not re-encoded, on the way out and back in
+                assert copy.level_count == original.level_count
+                assert copy.read_encoded_tile(0, 1, 1, crop_to_level=False) == \
+                    original.read_encoded_tile(0, 1, 1, crop_to_level=False)
+            finally:
+                copy.close()
+                original.close()
     finally:
-        orthanc_context.__exit__(None, None, None)
+        origin.close()
+        pulled.close()
+
+    nothing = run_cli("ingest", f"dicomweb+{orthanc.dicomweb}/studies?PatientID=NOBODY", "--dataset", "pulled",
+                      home=fresh)
+    assert nothing.returncode == 2 and "nothing that matches" in nothing.stdout + nothing.stderr
+    unknown = run_cli("ingest", f"dicomweb+{orthanc.dicomweb}/studies/1.2.3.4", "--dataset", "pulled", home=fresh)
+    assert unknown.returncode == 2 and "404" in unknown.stdout + unknown.stderr
 
 
 # --- The index and the negotiation ----------------------------------------------------------------------
