@@ -270,6 +270,15 @@ def test_rendered_images_and_thumbnails(site: Site) -> None:
                           params={"viewport": "128,128"})
     assert max(Image.open(io.BytesIO(thumbnail.content)).size) == 128
     assert httpx.get(f"{instance}/rendered", params={"viewport": "0,10"}).status_code == 400
+    big = httpx.get(f"{instance}/rendered", params={"viewport": "4000,4000"})  # fitted, never enlarged: 1500x1100
+    assert Image.open(io.BytesIO(big.content)).size == (1500, 1100)
+    large = headers_of(next(p for p in site.exported["jpeg"] if headers_of(p).TotalPixelMatrixColumns == 3000))
+    whole = (f"{site.base}/dicomweb/studies/{large.StudyInstanceUID}/series/{large.SeriesInstanceUID}"
+             f"/instances/{large.SOPInstanceUID}/rendered")
+    refused = httpx.get(whole, headers=site.headers())  # 3000x2400 is more than one answer renders
+    assert refused.status_code == 400 and "viewport" in refused.text
+    fitted = httpx.get(whole, params={"viewport": "1000,1000"}, headers=site.headers())
+    assert Image.open(io.BytesIO(fitted.content)).size == (1000, 800)
     assert httpx.get(f"{instance}/rendered", headers={"Accept": "image/gif"}).status_code == 406
 
 

@@ -35,12 +35,12 @@ from slidebank.tiles.service import TileService
 CHUNK = 1024 * 1024
 BULK_DATA_THRESHOLD = 512  # binary values longer than this are sent as BulkDataURI
 KNOWN_INSTANCES = 65536
-MAX_RENDERED_PIXELS = 4096 * 4096  # the largest rendered answer (ask for a viewport for more)
+MAX_RENDERED_PIXELS = 2048 * 2048  # the largest rendered answer: the level read for it is at most 4x that
 _BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 
 
 class NotRenderable(ValueError):
-    """A rendering larger than MAX_RENDERED_PIXELS was asked for without a viewport (400)."""
+    """A rendering larger than MAX_RENDERED_PIXELS was asked for (400): a smaller viewport is needed."""
 
 
 @dataclass(frozen=True)
@@ -235,8 +235,8 @@ class DicomWeb:
         width, height = instance.width, instance.height
         target = _fitted_size(width, height, viewport)
         if target[0] * target[1] > MAX_RENDERED_PIXELS:
-            raise NotRenderable(f"the instance is {width}x{height} pixels: ask for a viewport "
-                                f"(at most {MAX_RENDERED_PIXELS} pixels are rendered)")
+            raise NotRenderable(f"the instance is {width}x{height} pixels and {target[0]}x{target[1]} were asked: "
+                                f"ask for a viewport of at most {MAX_RENDERED_PIXELS} pixels")
         placed = self._level_of(instance)
         if placed is None:
             if instance.number_of_frames != 1:
