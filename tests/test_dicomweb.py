@@ -30,8 +30,9 @@ from PIL import Image
 from sqlalchemy import delete, select
 from wsidicom import WsiDicom, WsiDicomWebClient
 
-from conftest import json_lines, open_dataset, run_cli, running_server
+from conftest import json_lines, run_cli, running_server
 from orthanc import OrthancUnavailable, RunningOrthanc, running_orthanc
+from slidebank.access.principal import operator
 from slidebank.api.frames import multipart_related
 from slidebank.db.models import DicomInstance
 from slidebank.db.models import Image as ImageRow
@@ -64,32 +65,36 @@ class Site:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory, aperio_slide, generic_slide) -> Iterator[Site]:  # noqa: ANN001
+    """Set up through the node's services (what the CLI calls, without a process per step)."""
     folder = tmp_path_factory.mktemp("dicomweb")
     home = folder / "node"
     run_cli("init", home=home, check=True)
-    for name, role in PEOPLE.items():
-        run_cli("users", "add", name, "--role", role, home=home, check=True)
-    run_cli("datasets", "create", "restricted", "--policy", "Apply to the DAC", "--committee", "dac",
-            home=home, check=True)
-    open_dataset(home, "public")
-    run_cli("datasets", "create", "submissions", "--policy", "Apply to the DAC", "--committee", "dac",
-            home=home, check=True)  # STOW-RS stores here; no reader of the other tests sees it
+    node, me = Node.open(home), operator()
+    try:
+        for name, role in PEOPLE.items():
+            node.identities.add_user(me, name, role)
+        for name in ("restricted", "submissions"):  # STOW-RS stores into "submissions": no other test sees it
+            node.governance.create_dataset(me, name, "Apply to the DAC")
+            node.governance.add_committee_member(me, name, "dac")
+        node.governance.create_dataset(me, "public", "Synthetic test data, no restriction", ["DUO:0000004"])
+        tokens = {name: node.identities.create_token(me, name)[0] for name in PEOPLE}
+    finally:
+        node.close()
     jpeg2000 = modalities.write_aperio_j2k_svs(folder / "j2k.svs", colorspace="rgb", width=700, height=500,
                                                tile=128, levels=2, mpp=0.5)
-    slides = {}
-    for kind, path, dataset in (("jpeg", aperio_slide.path, "restricted"), ("jpeg2000", jpeg2000, "restricted"),
-                                ("open", generic_slide.path, "public")):
-        [outcome] = json_lines(run_cli("ingest", str(path), "--dataset", dataset, "--json", "--no-qc",
-                                       home=home, check=True).stdout)
-        slides[kind] = outcome["slide_id"]
-    tokens = {name: run_cli("tokens", "create", name, home=home, check=True).stdout.strip().splitlines()[-1]
-              for name in PEOPLE}
-    request = run_cli("access", "request", "--user", "alice", "--dataset", "restricted", "--purpose", "A viewer",
-                      home=home, check=True).stdout.strip()
-    until = (date.today() + timedelta(days=30)).isoformat()
-    run_cli("access", "approve", request, "--expires", until, "--as", "dac", home=home, check=True)
+    sources = {"jpeg": (aperio_slide.path, "restricted"), "jpeg2000": (jpeg2000, "restricted"),
+               "open": (generic_slide.path, "public")}
+    sidecar = folder / "datasets.csv"
+    sidecar.write_text("file,dataset\n" + "".join(f"{path.name},{dataset}\n" for path, dataset in sources.values()))
+    outcomes = json_lines(run_cli("ingest", *(str(path) for path, _ in sources.values()), "--metadata", str(sidecar),
+                                  "--workers", "2", "--json", "--no-qc", home=home, check=True).stdout)
+    by_name = {Path(outcome["path"]).name: outcome["slide_id"] for outcome in outcomes}
+    slides = {kind: by_name[path.name] for kind, (path, _) in sources.items()}
     node = Node.open(home)
     try:
+        alice = node.identities.principal_for_user("alice")
+        request = node.governance.request_access(alice, "restricted", "A viewer")
+        node.governance.approve(request, node.identities.principal_for_user("dac"), date.today() + timedelta(days=30))
         exported = {kind: export_volumes(node.volume_files(slide), node.open_blob, slide, folder / "exported")
                     for kind, slide in slides.items()}
     finally:
