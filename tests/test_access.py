@@ -117,7 +117,9 @@ def is_slide_route(path: str) -> bool:
 
 def fill(path: str, slide_id: str, home: Path) -> str:
     values = {**PATH_VALUES, "slide_id": slide_id, **(dicom_uids(slide_id, home) if "{study}" in path else {})}
-    return re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], path)
+    filled = re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], path)
+    # a whole level rendered at its own size can be more than one answer renders: ask for a fitted one
+    return filled + "?viewport=256,256" if filled.endswith("/rendered") else filled
 
 
 @pytest.mark.parametrize("who", [None, *ROLES])
