@@ -16,7 +16,12 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import Engine
 
+from postgres import PostgresUnavailable, create_database, postgres_cluster
+from slidebank.catalog import Catalog
+from slidebank.db import UnitOfWork, upgrade_schema
+from slidebank.db import create_database_engine as create_catalog_engine
 from slidebank.node import Node, NodeSettings
 
 # Jobs (every ingest's QC) run on a Dask LocalCluster of threads in tests: the same scheduler, a
@@ -199,3 +204,47 @@ def open_dataset(home: Path, name: str) -> str:
     """Create an open dataset (GA4GH DUO no-restriction) so anonymous readers may see its slides."""
     run_cli("datasets", "create", name, *OPEN_POLICY, home=home, check=True)
     return name
+
+
+# --- a catalog database on SQLite and on PostgreSQL ------------------------------------------------
+
+
+@pytest.fixture(
+    scope="session",
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
+)
+def catalog_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A database server for the session: a SQLite file, or a private PostgreSQL cluster."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('catalog') / 'session.sqlite'}"
+        return
+    try:
+        cluster = postgres_cluster()
+        url = cluster.__enter__()
+    except PostgresUnavailable as reason:
+        pytest.skip(str(reason))
+    try:
+        yield url
+    finally:
+        cluster.__exit__(None, None, None)
+
+
+@pytest.fixture
+def database_url(catalog_url: str, tmp_path: Path) -> str:
+    """A fresh, empty database per test on the session's server, so counts are exact."""
+    if catalog_url.startswith("sqlite"):
+        return f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    return create_database(catalog_url)
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = create_catalog_engine(database_url)
+    upgrade_schema(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def catalog(engine: Engine) -> Catalog:
+    return Catalog(UnitOfWork(engine))

@@ -7,7 +7,6 @@ import re
 import secrets
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,6 @@ from sqlalchemy import Engine, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from postgres import PostgresUnavailable, create_database, postgres_cluster
 from slidebank.audit import AuditLog
 from slidebank.catalog import (
     Catalog,
@@ -37,47 +35,6 @@ from slidebank.catalog.vocabulary import ANATOMICAL_SITES, SPECIES, STAINS
 from slidebank.db import UnitOfWork, upgrade_schema
 from slidebank.db import create_database_engine as create_catalog_engine
 from slidebank.db.models import Base, BiologicalBeing, Case, Observation
-
-
-@pytest.fixture(
-    scope="session",
-    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
-)
-def catalog_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A database server for the session: a SQLite file, or a private PostgreSQL cluster."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('catalog') / 'session.sqlite'}"
-        return
-    try:
-        cluster = postgres_cluster()
-        url = cluster.__enter__()
-    except PostgresUnavailable as reason:
-        pytest.skip(str(reason))
-    try:
-        yield url
-    finally:
-        cluster.__exit__(None, None, None)
-
-
-@pytest.fixture
-def database_url(catalog_url: str, tmp_path: Path) -> str:
-    """A fresh, empty database per test on the session's server, so counts are exact."""
-    if catalog_url.startswith("sqlite"):
-        return f"sqlite:///{tmp_path / 'catalog.sqlite'}"
-    return create_database(catalog_url)
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = create_catalog_engine(database_url)
-    upgrade_schema(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def catalog(engine: Engine) -> Catalog:
-    return Catalog(UnitOfWork(engine))
 
 
 def make_slide(
@@ -123,7 +80,7 @@ def test_migrations_create_exactly_the_models_schema(database_url: str) -> None:
         with engine.connect() as connection:
             context = MigrationContext.configure(connection, opts={"compare_type": True})
             assert compare_metadata(context, Base.metadata) == []
-            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0006"
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0007"
         names = set(inspect(engine).get_table_names())
         assert set(Base.metadata.tables) <= names
     finally:

@@ -17,6 +17,7 @@ from slidebank.catalog import CatalogError, FactCondition, SearchQuery
 from slidebank.node import Node
 from slidebank.slides.stored import read_whole
 
+DATASET_FACET_LIMIT = 100  # values per facet in a dataset's description
 SIZE_BUCKET = 10  # controlled datasets' sizes, to those who may not read them, in steps of this
 
 
@@ -46,7 +47,7 @@ def catalog_routes(node: Node, gatekeeper: Gatekeeper) -> APIRouter:
             raise HTTPException(404, "no such dataset")
         if not caller.can_read(name):  # the declared description only: counts of slides are about people
             return {**public_description(dataset, caller), "facets": {}}
-        contents = node.catalog.search(SearchQuery(dataset=[name], limit=1))
+        contents = node.catalog.search(SearchQuery(dataset=[name], limit=1, facet_limit=DATASET_FACET_LIMIT))
         gatekeeper.record_listing(caller, "dataset.read", {name: contents.total})
         return {**dataset, "images_exact": True,
                 "facets": {k: v for k, v in contents.facets.items() if k != "dataset"}}
@@ -93,22 +94,26 @@ def catalog_routes(node: Node, gatekeeper: Gatekeeper) -> APIRouter:
         where: Annotated[str | None, Query(max_length=1000, description="e.g. qc.blur_fraction < 0.05")] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
         offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+        after: Annotated[str | None, Query(max_length=32, description="The `next` cursor of the previous page "
+                                           "(keyset paging: as fast at any depth; offset is then ignored)")] = None,
+        facet_limit: Annotated[int, Query(ge=1, le=100_000, description="The most values listed per facet, "
+                                          "most frequent first; `facet_values` says how many there are")] = 20,
     ) -> dict[str, Any]:
         visible = None if caller.readable is None else sorted(caller.readable)
         try:
             conditions = FactCondition.parse_all(where) if where else ()
+            result = node.catalog.search(SearchQuery(
+                where=conditions, dataset=dataset, species=species, organ=organ, stain=stain, vendor=vendor,
+                diagnosis=diagnosis, text=text, limit=limit, offset=offset, after=after, facet_limit=facet_limit,
+                visible_datasets=visible,
+            ))
         except CatalogError as error:
             raise HTTPException(400, str(error)) from None
-        result = node.catalog.search(
-            SearchQuery(
-                where=conditions, dataset=dataset, species=species, organ=organ, stain=stain, vendor=vendor,
-                diagnosis=diagnosis, text=text, limit=limit, offset=offset, visible_datasets=visible,
-            )
-        )
-        gatekeeper.record_listing(caller, "catalog.search", dict(result.facets.get("dataset", [])),
+        gatekeeper.record_listing(caller, "catalog.search", result.datasets,
                                   query={k: v for k, v in (("dataset", dataset), ("species", species), ("organ", organ),
                                                            ("stain", stain), ("vendor", vendor), ("diagnosis", diagnosis),
                                                            ("text", text), ("where", where)) if v})
-        return {"total": result.total, "items": result.items, "facets": result.facets}
+        return {"total": result.total, "items": result.items, "facets": result.facets,
+                "facet_values": result.facet_values, "next": result.next}
 
     return router

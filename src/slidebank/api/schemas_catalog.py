@@ -242,3 +242,7 @@ class SearchResult(TypedDict):
     facets: Annotated[dict[str, list[FacetCount]], Field(
         description="Per facet (dataset, species, organ, stain, vendor, diagnosis): [value, count] pairs, "
                     "each counted with every other facet's filter applied")]
+    facet_values: Annotated[dict[str, int], Field(
+        description="Per facet, how many values it has in all: more than listed when facet_limit cut the list")]
+    next: Annotated[str | None, Field(
+        description="Cursor of the following page (pass it as `after`); null on the last page")]

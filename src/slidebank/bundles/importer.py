@@ -29,6 +29,7 @@ from slidebank.access import version
 from slidebank.access.principal import Principal
 from slidebank.annotations.geojson import parse_document
 from slidebank.bundles.schemas import FILE_SCHEMAS, Problem, parse, validate
+from slidebank.catalog.changes import note_changed
 from slidebank.catalog.identifiers import SLIDE_ID_PATTERN
 from slidebank.catalog.records import SlideDescription
 from slidebank.catalog.vocabulary import (
@@ -376,6 +377,7 @@ def _discard(node: Node, dataset: str, actor: Principal) -> None:
             if dataset_id is None:
                 return
             policy_id = session.scalar(select(Dataset.policy_id).where(Dataset.id == dataset_id))
+            note_changed(session, list(session.scalars(select(Image.id).where(Image.dataset_id == dataset_id))))
             for model in (Observation, Annotation, Image, Slide, Staining, Block, Specimen, Case, BiologicalBeing):
                 session.execute(delete(model).where(model.dataset_id == dataset_id))
             session.execute(delete(Dataset).where(Dataset.id == dataset_id))

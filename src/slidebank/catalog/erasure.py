@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from slidebank.catalog.changes import note_changed
 from slidebank.db.models import (
     BiologicalBeing,
     Block,
@@ -51,6 +52,8 @@ def erase_subject(session: Session, pseudonym: str) -> ErasedSubject:
         (BiologicalBeing, BiologicalBeing.id, beings),
     ):
         session.execute(delete(table).where(column.in_(ids)))
+    if image_ids:
+        note_changed(session, image_ids)
     return ErasedSubject(
         slide_ids=tuple(row.slide_id for row in images), datasets=tuple(sorted({row.alias for row in images})),
         blobs=frozenset(blobs), beings=len(beings),

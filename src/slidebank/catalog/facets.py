@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Select, delete, func, insert, select, union_all
+from sqlalchemy import ColumnElement, Select, delete, func, select, union_all
 from sqlalchemy.orm import Session
 
+from slidebank.catalog.changes import note_changed
 from slidebank.catalog.query import MAX_FACET_VALUE, chunks, facet_key
 from slidebank.catalog.vocabulary import clean_text
 from slidebank.db.models import (
@@ -26,6 +27,7 @@ from slidebank.db.models import (
     block_specimens,
     slide_stainings,
 )
+from slidebank.db.rows import among, insert_rows
 
 
 def refresh_facets(session: Session, slide_ids: Iterable[str] | None = None) -> int:
@@ -44,7 +46,7 @@ def refresh_facets(session: Session, slide_ids: Iterable[str] | None = None) -> 
 
 def index_images(session: Session, image_ids: Sequence[int]) -> None:
     rows: dict[tuple[int, str, str], str] = {}
-    for facet, statement in _facet_sources(image_ids):
+    for facet, statement in _facet_sources(among(session.get_bind().dialect.name, Image.id, list(image_ids))):
         for image_id, raw in session.execute(statement):
             if raw is None:
                 continue
@@ -52,17 +54,16 @@ def index_images(session: Session, image_ids: Sequence[int]) -> None:
             key = facet_key(value)
             if key:
                 rows.setdefault((image_id, facet, key), value)
-    session.execute(delete(ImageFacet).where(ImageFacet.image_id.in_(image_ids)))
+    dialect = session.get_bind().dialect.name
+    session.execute(delete(ImageFacet).where(among(dialect, ImageFacet.image_id, list(image_ids))))
     if rows:
-        session.execute(
-            insert(ImageFacet),
-            [{"image_id": i, "facet": f, "key": k, "value": v} for (i, f, k), v in rows.items()],
-        )
+        insert_rows(session, ImageFacet,
+                    [{"image_id": i, "facet": f, "key": k, "value": v} for (i, f, k), v in rows.items()])
+    note_changed(session, image_ids)
 
 
-def _facet_sources(image_ids: Sequence[int]) -> list[tuple[str, Select[Any]]]:
-    """(facet, SELECT image_id, value) for each facet, following the graph's paths."""
-    mine = Image.id.in_(image_ids)
+def _facet_sources(mine: ColumnElement[bool]) -> list[tuple[str, Select[Any]]]:
+    """(facet, SELECT image_id, value) for each facet of the images `mine` selects, following the graph's paths."""
     to_specimen = (
         select(Image.id)
         .join(Slide, Slide.id == Image.glass_slide_id)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import ColumnElement, delete, select
 from sqlalchemy.orm import Session
 
+from slidebank.catalog.changes import note_changed
 from slidebank.catalog.errors import CatalogError
 from slidebank.catalog.query import FACT_NAME, MAX_FACET_VALUE
 from slidebank.db.models import Image, SlideFact
@@ -20,14 +22,19 @@ def set_facts(session: Session, slide_id: str, values: dict[str, float | str], j
         raise LookupError(f"no slide {slide_id!r}")
     if values:
         session.execute(delete(SlideFact).where(SlideFact.image_id == image_id, SlideFact.name.in_(list(values))))
-    now = datetime.now(UTC)
     for name, value in values.items():
-        if not FACT_NAME.match(name):
-            raise CatalogError(f"fact names are dotted lower-case words, not {name!r}")
-        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-        text = None if number is not None else str(value)[:MAX_FACET_VALUE]
-        session.add(SlideFact(image_id=image_id, name=name, value=number, text=text, job_id=job_id,
-                              updated_at=now))
+        session.add(SlideFact(**fact_row(image_id, name, value, job_id)))
+    note_changed(session, [image_id])
+
+
+def fact_row(image_id: int, name: str, value: float | str, job_id: int | None) -> dict[str, Any]:
+    """The slide_facts row of one fact: a number in `value`, anything else as text in `text`."""
+    if not FACT_NAME.match(name):
+        raise CatalogError(f"fact names are dotted lower-case words, not {name!r}")
+    number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    text = None if number is not None else str(value)[:MAX_FACET_VALUE]
+    return {"image_id": image_id, "name": name, "value": number, "text": text, "job_id": job_id,
+            "updated_at": datetime.now(UTC)}
 
 
 def facts(session: Session, slide_id: str) -> dict[str, dict[str, float | str | None]]:

@@ -86,6 +86,8 @@ class SearchQuery:
     where: Sequence[FactCondition] = ()
     limit: int = 50
     offset: int = 0
+    after: str | None = None  # a `SearchResult.next` cursor: the page after it (ignores offset)
+    facet_limit: int | None = None  # the most values listed per facet (the most frequent); None: all
     visible_datasets: Sequence[str] | None = None
 
     def facet_values(self, facet: str) -> list[str]:
@@ -98,11 +100,19 @@ class SearchQuery:
 
 @dataclass(frozen=True)
 class SearchResult:
-    """One page of matching images, the total match count, and (value, count) pairs per facet."""
+    """One page of matching images, the total match count, and (value, count) pairs per facet.
+
+    `facet_values` says how many values each facet has in all (more than listed when the query
+    set `facet_limit`); `datasets` is every dataset's count, listed or not (for the audit); `next`
+    is the cursor of the following page, None on the last.
+    """
 
     total: int
     items: list[dict[str, Any]]
     facets: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    facet_values: dict[str, int] = field(default_factory=dict)
+    datasets: dict[str, int] = field(default_factory=dict)
+    next: str | None = None
 
 
 

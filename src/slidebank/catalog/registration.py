@@ -89,11 +89,11 @@ class SampleAliases:
     @classmethod
     def for_image(cls, description: SlideDescription, slide_id: str) -> SampleAliases:
         given = [
-            _text(description.subject),
-            _text(description.case),
-            _text(description.specimen),
-            _text(description.block),
-            _text(description.slide),
+            clean_label(description.subject),
+            clean_label(description.case),
+            clean_label(description.specimen),
+            clean_label(description.block),
+            clean_label(description.slide),
         ]
         deepest = max((i for i, label in enumerate(given) if label), default=-1)
         aliases: list[str] = []
@@ -106,7 +106,7 @@ class SampleAliases:
         return cls(*aliases)
 
 
-def _text(value: str | None) -> str | None:
+def clean_label(value: str | None) -> str | None:
     if value is None:
         return None
     cleaned = clean_text(value)
@@ -125,10 +125,8 @@ def _fill(obj: Any, attribute: str, term: Term | None) -> None:
     """Set a coded attribute unless already set: the first description of a shared object wins."""
     if term is None or getattr(obj, attribute) is not None:
         return
-    setattr(obj, attribute, term.name[:MAX_ALIAS])
-    setattr(obj, f"{attribute}_code", term.code.code if term.code else None)
-    setattr(obj, f"{attribute}_scheme", term.code.scheme if term.code else None)
-    setattr(obj, f"{attribute}_meaning", term.code.meaning if term.code else None)
+    for column, value in coded(attribute, term).items():
+        setattr(obj, column, value)
 
 
 def register(uow: UnitOfWork, slide: IngestedSlide, also: Callable[[Session], None] | None = None) -> str:
@@ -166,7 +164,7 @@ def raise_if_taken(session: Session, slide: IngestedSlide) -> None:
 
 def _insert(session: Session, slide: IngestedSlide) -> Image:
     description = slide.description
-    dataset = _dataset(session, description.dataset)
+    dataset = ensure_dataset(session, description.dataset)
     aliases = SampleAliases(*description.sample_aliases) if description.sample_aliases \
         else SampleAliases.for_image(description, slide.slide_id)
 
@@ -178,7 +176,7 @@ def _insert(session: Session, slide: IngestedSlide) -> Image:
     specimen = _get_or_create(
         session, Specimen, dataset, aliases.specimen, biological_being_id=being.id, case_id=case.id
     )
-    age = _text(description.age_at_extraction)
+    age = clean_label(description.age_at_extraction)
     if age and specimen.age_at_extraction is None:
         specimen.age_at_extraction = age.upper()[:32]
     _fill(specimen, "anatomical_site", ANATOMICAL_SITES.normalise(description.anatomical_site))
@@ -208,34 +206,7 @@ def _insert(session: Session, slide: IngestedSlide) -> Image:
         if linked is None:
             session.execute(insert(slide_stainings).values(glass_slide_id=glass.id, staining_id=staining.id))
 
-    image = Image(
-        alias=slide.slide_id,
-        slide_id=slide.slide_id,
-        dataset_id=dataset.id,
-        glass_slide_id=glass.id,
-        image_type="WSI",
-        width=slide.width,
-        height=slide.height,
-        tile_width=slide.tile_width,
-        tile_height=slide.tile_height,
-        level_count=len(slide.levels),
-        mpp_x=slide.mpp_x,
-        mpp_y=slide.mpp_y,
-        objective_power=slide.objective_power,
-        vendor=slide.vendor,
-        original_format=slide.original_format,
-        scanner_manufacturer=slide.scanner_manufacturer,
-        scanner_model=slide.scanner_model,
-        source_sha256=slide.source_sha256,
-        source_size=slide.source_size,
-        source_name_pseudonym=slide.source_name_pseudonym,
-        canonical_size=slide.canonical_size,
-        transfer_syntax=slide.transfer_syntax,
-        source_associated_images=list(slide.source_associated_images),
-        provenance=dict(slide.provenance),
-        thumbnail_sha256=slide.thumbnail_sha256,
-        ingested_at=datetime.now(UTC),
-    )
+    image = Image(**image_values(slide, dataset.id, glass.id))
     image.levels = [
         ImageLevel(level=index, width=level.width, height=level.height, downsample=float(level.downsample))
         for index, level in enumerate(slide.levels)
@@ -249,21 +220,60 @@ def _insert(session: Session, slide: IngestedSlide) -> Image:
     session.flush()
     instances.add_identities(session, image, slide.files)
 
-    diagnosis = _text(description.diagnosis)
+    diagnosis = clean_label(description.diagnosis)
     if diagnosis:
-        session.add(
-            Observation(
-                alias=_bounded_alias(f"{slide.slide_id}/diagnosis"),
-                dataset_id=dataset.id,
-                statement_type="Diagnosis",
-                statement_status="Distinct",
-                free_text=diagnosis,
-                image_id=image.id,
-            )
-        )
+        session.add(Observation(**diagnosis_values(slide.slide_id, dataset.id, image.id, diagnosis)))
         session.flush()
     index_images(session, [image.id])
     return image
+
+
+def image_values(slide: IngestedSlide, dataset_id: int, glass_slide_id: int) -> dict[str, Any]:
+    """The images row of an ingested slide (registration and bulk loads write the same)."""
+    return {
+        "alias": slide.slide_id,
+        "slide_id": slide.slide_id,
+        "dataset_id": dataset_id,
+        "glass_slide_id": glass_slide_id,
+        "image_type": "WSI",
+        "width": slide.width,
+        "height": slide.height,
+        "tile_width": slide.tile_width,
+        "tile_height": slide.tile_height,
+        "level_count": len(slide.levels),
+        "mpp_x": slide.mpp_x,
+        "mpp_y": slide.mpp_y,
+        "objective_power": slide.objective_power,
+        "vendor": slide.vendor,
+        "original_format": slide.original_format,
+        "scanner_manufacturer": slide.scanner_manufacturer,
+        "scanner_model": slide.scanner_model,
+        "source_sha256": slide.source_sha256,
+        "source_size": slide.source_size,
+        "source_name_pseudonym": slide.source_name_pseudonym,
+        "canonical_size": slide.canonical_size,
+        "transfer_syntax": slide.transfer_syntax,
+        "source_associated_images": list(slide.source_associated_images),
+        "provenance": dict(slide.provenance),
+        "thumbnail_sha256": slide.thumbnail_sha256,
+        "ingested_at": datetime.now(UTC),
+    }
+
+
+def coded(attribute: str, term: Term | None) -> dict[str, str | None]:
+    """A coded attribute's four columns (display value, code, scheme, meaning); {} without a term."""
+    if term is None:
+        return {}
+    return {attribute: term.name[:MAX_ALIAS], f"{attribute}_code": term.code.code if term.code else None,
+            f"{attribute}_scheme": term.code.scheme if term.code else None,
+            f"{attribute}_meaning": term.code.meaning if term.code else None}
+
+
+def diagnosis_values(slide_id: str, dataset_id: int, image_id: int, diagnosis: str) -> dict[str, Any]:
+    """The observation row of a submitter's diagnosis of one image."""
+    return {"alias": _bounded_alias(f"{slide_id}/diagnosis"), "dataset_id": dataset_id,
+            "statement_type": "Diagnosis", "statement_status": "Distinct", "free_text": diagnosis,
+            "image_id": image_id}
 
 
 def _get_or_create(
@@ -280,35 +290,42 @@ def _get_or_create(
 
 
 def _staining(session: Session, dataset: Dataset, stain: str) -> Staining:
-    term = STAINS.normalise(stain)
-    assert term is not None
-    name = term.name[:MAX_ALIAS]
-    found = session.scalar(select(Staining).where(Staining.dataset_id == dataset.id, Staining.alias == name))
+    values = staining_values(dataset.id, stain)
+    found = session.scalar(
+        select(Staining).where(Staining.dataset_id == dataset.id, Staining.alias == values["alias"]))
     if found is not None:
         return found
-    entry = stain_entry(name)
-    procedure: Code | None = entry.code if entry else None
-    staining = Staining(
-        dataset_id=dataset.id,
-        alias=name,
-        name=name,
-        kind=entry.kind if entry else None,
-        procedure_code=procedure.code if procedure else None,
-        procedure_scheme=procedure.scheme if procedure else None,
-        procedure_meaning=procedure.meaning if procedure else None,
-        substances=[code.to_json() for code in entry.substances] if entry else [],
-    )
+    staining = Staining(**values)
     session.add(staining)
     session.flush()
     return staining
 
 
+def staining_values(dataset_id: int, stain: str) -> dict[str, Any]:
+    """The stainings row of one stain as a slide names it: normalised name, coded procedure and substances."""
+    term = STAINS.normalise(stain)
+    assert term is not None
+    name = term.name[:MAX_ALIAS]
+    entry = stain_entry(name)
+    procedure: Code | None = entry.code if entry else None
+    return {
+        "dataset_id": dataset_id,
+        "alias": name,
+        "name": name,
+        "kind": entry.kind if entry else None,
+        "procedure_code": procedure.code if procedure else None,
+        "procedure_scheme": procedure.scheme if procedure else None,
+        "procedure_meaning": procedure.meaning if procedure else None,
+        "substances": [code.to_json() for code in entry.substances] if entry else [],
+    }
+
+
 def dataset_alias(name: str | None) -> str:
     """The dataset a slide described with `name` is registered in."""
-    return (_text(name) or DEFAULT_DATASET)[:MAX_ALIAS]
+    return (clean_label(name) or DEFAULT_DATASET)[:MAX_ALIAS]
 
 
-def _dataset(session: Session, name: str | None) -> Dataset:
+def ensure_dataset(session: Session, name: str | None) -> Dataset:
     """Get or create the dataset; a new one goes under the node's default policy and organisation."""
     alias = dataset_alias(name)
     found = session.scalar(select(Dataset).where(Dataset.alias == alias))

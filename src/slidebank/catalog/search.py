@@ -1,21 +1,26 @@
-"""Faceted search at image level over the facet index, and listing of slide summaries.
+"""Faceted search at image level over the search index, and listing of slide summaries.
 
-Each facet's counts are computed with every *other* facet's filter applied, all by GROUP BY in
-SQL; `visible_datasets` restricts items, totals and counts alike, so counts never reveal what a
-caller may not see.
+Each facet's counts are computed with every *other* facet's filter applied (bitmap intersections,
+`catalog.search_index`); `visible_datasets` restricts items, totals and counts alike, so counts
+never reveal what a caller may not see. Pages follow keyset cursors (or offsets, which a bitmap
+answers as fast), and only the page's rows are read from the database.
 """
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, func, or_, select
+from pyroaring import BitMap
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
+from slidebank.catalog.errors import CatalogError
 from slidebank.catalog.query import CHUNK, FACETS, SearchQuery, SearchResult, chunks, facet_key
+from slidebank.catalog.search_index import SearchIndex
 from slidebank.catalog.vocabulary import ANATOMICAL_SITES, SPECIES, STAINS, Vocabulary, clean_text, normalise_key
 from slidebank.db.models import Dataset, Image, ImageFacet
 from slidebank.db.models.base import iso_utc
@@ -23,6 +28,7 @@ from slidebank.db.models.base import iso_utc
 SUMMARY_FACETS: tuple[str, ...] = ("species", "organ", "stain", "diagnosis")
 FACET_VOCABULARIES: dict[str, Vocabulary] = {"species": SPECIES, "organ": ANATOMICAL_SITES, "stain": STAINS}
 MAX_LIMIT = 10_000
+CURSOR = re.compile(r"i[0-9a-f]{1,16}")
 
 
 def list_slides(session: Session) -> list[dict[str, Any]]:
@@ -39,70 +45,75 @@ def list_slides(session: Session) -> list[dict[str, Any]]:
         last_id = rows[-1].id
 
 
-def search(session: Session, query: SearchQuery) -> SearchResult:
-    """Faceted search at image level; see `SearchQuery`."""
-    filters = _facet_filters(query)
-    common = _common_conditions(query)
-    conditions = [*common, *filters.values()]
+def search(session: Session, query: SearchQuery, index: SearchIndex) -> SearchResult:
+    """Faceted search at image level; see `SearchQuery`. Set algebra on the process's bitmaps,
+    brought to the catalog's current version first; then one indexed read for the page."""
     limit = max(0, min(int(query.limit), MAX_LIMIT))
-    offset = max(0, int(query.offset))
-    total = session.scalar(select(func.count()).select_from(Image).where(*conditions)) or 0
-    rows = session.execute(
-        summary_select().where(*conditions).order_by(Image.id).limit(limit).offset(offset)
-    ).all()
-    items = summaries(session, rows)
-    facets: dict[str, list[tuple[str, int]]] = {}
-    for name in FACETS:
-        others = [*common, *(condition for facet, condition in filters.items() if facet != name)]
-        count = func.count().label("count")
-        value = func.min(ImageFacet.value).label("value")
-        statement = select(value, count).where(ImageFacet.facet == name)
-        if others:
-            statement = statement.where(ImageFacet.image_id.in_(select(Image.id).where(*others)))
-        statement = statement.group_by(ImageFacet.key).order_by(count.desc(), value)
-        facets[name] = [(str(v), int(c)) for v, c in session.execute(statement)]
-    return SearchResult(total=int(total), items=items, facets=facets)
+    with index.lock:
+        index.sync(session)
+        base, restricted = _common(query, index)
+        filters = {name: index.facet_union(name, keys) for name, keys in _facet_keys(query).items()}
+        matches = BitMap.intersection(base, *filters.values()) if filters else BitMap(base)
+        start = matches.rank(_cursor_id(query.after)) if query.after else max(0, int(query.offset))
+        page = list(matches[start : start + limit]) if start < len(matches) else []
+        facets: dict[str, list[tuple[str, int]]] = {}
+        facet_values: dict[str, int] = {}
+        for name in FACETS:
+            others = [bitmap for facet, bitmap in filters.items() if facet != name]
+            within = BitMap.intersection(base, *others) if others else (base if restricted else None)
+            facets[name], facet_values[name] = index.counts(name, within, None if name == "dataset" else query.facet_limit)
+    rows = session.execute(summary_select().where(Image.id.in_(page)).order_by(Image.id)).all() if page else []
+    following = _cursor(page[-1]) if page and start + len(page) < len(matches) else None
+    datasets = facets["dataset"]
+    if query.facet_limit is not None:  # every dataset's count stays known to the audit
+        facets["dataset"] = datasets[: query.facet_limit]
+    return SearchResult(total=len(matches), items=summaries(session, rows), next=following, facets=facets,
+                        facet_values=facet_values, datasets=dict(datasets))
 
 
-def _facet_filters(query: SearchQuery) -> dict[str, ColumnElement[bool]]:
-    filters: dict[str, ColumnElement[bool]] = {}
+def _common(query: SearchQuery, index: SearchIndex) -> tuple[BitMap, bool]:
+    """The images every part of the answer is restricted to (access, `where`, text), and whether
+    anything restricted them."""
+    base = BitMap(index.images)
+    restricted = False
+    if query.visible_datasets is not None:
+        base &= index.facet_union("dataset", {facet_key(clean_text(name)) for name in query.visible_datasets})
+        restricted = True
+    for condition in query.where:
+        base &= index.condition(condition)
+        restricted = True
+    text = clean_text(query.text or "")
+    if text:
+        base &= index.text(text, normalise_key(text))
+        restricted = True
+    return base, restricted
+
+
+def _facet_keys(query: SearchQuery) -> dict[str, set[str]]:
+    """The index keys each facet filter names (a facet whose values are all blank filters nothing)."""
+    filters: dict[str, set[str]] = {}
     for name in FACETS:
-        values = query.facet_values(name)
-        if not values:
-            continue
         vocabulary = FACET_VOCABULARIES.get(name)
         keys = {
             facet_key(vocabulary.display_name(value) if vocabulary else clean_text(value))
-            for value in values
+            for value in query.facet_values(name)
             if clean_text(value)
         }
+        keys.discard("")
         if keys:
-            filters[name] = Image.id.in_(
-                select(ImageFacet.image_id).where(ImageFacet.facet == name, ImageFacet.key.in_(sorted(keys)))
-            )
+            filters[name] = keys
     return filters
 
 
-def _common_conditions(query: SearchQuery) -> list[ColumnElement[bool]]:
-    conditions: list[ColumnElement[bool]] = [condition.clause() for condition in query.where]
-    if query.visible_datasets is not None:
-        visible = [clean_text(name) for name in query.visible_datasets]
-        conditions.append(Image.dataset_id.in_(select(Dataset.id).where(Dataset.alias.in_(visible))))
-    text = clean_text(query.text or "")
-    if text:
-        # Bound parameters plus autoescape: '%', '_' and quotes are literal characters.
-        matches = [Image.slide_id.icontains(text, autoescape=True), Image.alias.icontains(text, autoescape=True)]
-        key = normalise_key(text)
-        if key:
-            matches.append(
-                Image.id.in_(
-                    select(ImageFacet.image_id).where(
-                        ImageFacet.facet == "diagnosis", ImageFacet.key.contains(key, autoescape=True)
-                    )
-                )
-            )
-        conditions.append(or_(*matches))
-    return conditions
+def _cursor(image_id: int) -> str:
+    """An opaque keyset cursor: the next page starts after this image, however deep."""
+    return f"i{image_id:x}"
+
+
+def _cursor_id(cursor: str) -> int:
+    if not CURSOR.fullmatch(cursor):
+        raise CatalogError(f"{cursor!r} is not a cursor this search returned")
+    return int(cursor[1:], 16)
 
 
 def summary_select() -> Select[int, str, str, int, int, str, datetime]:

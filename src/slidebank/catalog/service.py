@@ -17,12 +17,14 @@ from sqlalchemy.orm import Session
 from slidebank.catalog import datasets, describe, facets, facts, files, instances, registration, search
 from slidebank.catalog.query import SearchQuery, SearchResult
 from slidebank.catalog.records import DicomIdentity, IngestedSlide, StoredFile
+from slidebank.catalog.search_index import SearchIndex
 from slidebank.db import UnitOfWork
 
 
 class Catalog:
     def __init__(self, uow: UnitOfWork) -> None:
         self.uow = uow
+        self.index = SearchIndex()  # this process's bitmaps, synced with the catalog on each search
 
     def register(self, slide: IngestedSlide, also: Callable[[Session], None] | None = None) -> str:
         """Register an ingested slide in one transaction (with what `also` writes in it)."""
@@ -34,7 +36,7 @@ class Catalog:
 
     def search(self, query: SearchQuery) -> SearchResult:
         with self.uow.read() as session:
-            return search.search(session, query)
+            return search.search(session, query, self.index)
 
     def list_slides(self) -> list[dict[str, Any]]:
         with self.uow.read() as session:

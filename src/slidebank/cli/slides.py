@@ -80,6 +80,8 @@ def search(
         help="Conditions on measured facts, e.g. \"qc.blur_fraction < 0.05 and qc.passed = 1\".")] = None,
     limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
     offset: Annotated[int, typer.Option(min=0)] = 0,
+    after: Annotated[Optional[str], typer.Option(help="The `next` cursor a previous page printed.")] = None,
+    facet_limit: Annotated[int, typer.Option(min=1, help="Values listed per facet, most frequent first.")] = 20,
     as_json: JsonOption = False,
     home: HomeOption = None,
 ) -> None:
@@ -91,6 +93,8 @@ def search(
     except CatalogError as error:
         fail(str(error))
     query = SearchQuery(
+        after=after,
+        facet_limit=facet_limit,
         where=conditions,
         dataset=dataset or None,
         species=species or None,
@@ -103,14 +107,20 @@ def search(
         offset=offset,
     )
     node = open_node(home)
-    result = node.catalog.search(query)
-    node.close()
+    try:
+        result = node.catalog.search(query)
+    except CatalogError as error:
+        fail(str(error))
+    finally:
+        node.close()
     if as_json:
         print_json(
             {
                 "total": result.total,
                 "items": result.items,
                 "facets": {name: [{"value": v, "count": c} for v, c in values] for name, values in result.facets.items()},
+                "facet_values": result.facet_values,
+                "next": result.next,
             }
         )
         return
@@ -122,7 +132,11 @@ def search(
         table.add_row(*(str(s.get(k) or "") for k in ("slide_id", "dataset", "species", "organ", "stain", "diagnosis")))
     out.print(table)
     for name, values in result.facets.items():
-        out.print(f"[bold]{name}[/bold]: " + ", ".join(f"{v} ({c})" for v, c in values))
+        more = result.facet_values.get(name, 0) - len(values)
+        out.print(f"[bold]{name}[/bold]: " + ", ".join(f"{v} ({c})" for v, c in values)
+                  + (f" … and {more} more (--facet-limit)" if more > 0 else ""))
+    if result.next:
+        out.print(f"next page: --after {result.next}")
 
 
 def export(

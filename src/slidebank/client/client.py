@@ -108,22 +108,26 @@ class Client:
     def search(self, *, dataset: list[str] | None = None, species: list[str] | None = None,
                organ: list[str] | None = None, stain: list[str] | None = None, vendor: list[str] | None = None,
                diagnosis: list[str] | None = None, text: str | None = None, where: str | None = None,
-               limit: int = 50, offset: int = 0) -> dict[str, Any]:
-        """One page of a faceted search, as `/api/search`: {"total", "items", "facets"}.
-        `where` takes conditions on measured facts, e.g. "qc.blur_fraction < 0.05"."""
+               limit: int = 50, offset: int = 0, after: str | None = None,
+               facet_limit: int | None = None) -> dict[str, Any]:
+        """One page of a faceted search, as `/api/search`: {"total", "items", "facets", "facet_values", "next"}.
+        `where` takes conditions on measured facts, e.g. "qc.blur_fraction < 0.05"; pass a page's
+        `next` as `after` for the following page."""
         params = {"dataset": dataset, "species": species, "organ": organ, "stain": stain, "vendor": vendor,
-                  "diagnosis": diagnosis, "text": text, "where": where, "limit": limit, "offset": offset}
+                  "diagnosis": diagnosis, "text": text, "where": where, "limit": limit, "offset": offset,
+                  "after": after, "facet_limit": facet_limit}
         return self._transport.get_json(
             "/api/search", {k: v for k, v in params.items() if v is not None})
 
     def slides(self, dataset: str | None = None, **search: Any) -> Iterator[dict[str, Any]]:
         """Every slide you may read (of `dataset`, matching the `search` arguments), page by page."""
-        offset = 0
-        while True:
-            page = self.search(dataset=[dataset] if dataset else None, limit=SEARCH_PAGE, offset=offset, **search)
+        after = None
+        while True:  # keyset pages: a slide added or erased meanwhile neither repeats nor skips another
+            page = self.search(dataset=[dataset] if dataset else None, limit=SEARCH_PAGE, after=after,
+                               facet_limit=1, **search)
             yield from page["items"]
-            offset += len(page["items"])
-            if not page["items"] or offset >= page["total"]:
+            after = page.get("next")
+            if not page["items"] or after is None:
                 return
 
     def slide(self, slide_id: str) -> dict[str, Any]:

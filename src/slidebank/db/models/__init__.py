@@ -46,6 +46,7 @@ from slidebank.db.models.catalog import (
 )
 from slidebank.db.models.dicom import DicomInstance
 from slidebank.db.models.jobs import Job, JobTask
+from slidebank.db.models.search import CatalogChange, SearchState
 
 __all__ = [
     "AccessRequest",
@@ -58,6 +59,7 @@ __all__ = [
     "Block",
     "BrowserSession",
     "Case",
+    "CatalogChange",
     "CatalogObject",
     "CommitteeMember",
     "Dataset",
@@ -81,6 +83,7 @@ __all__ = [
     "Policy",
     "PseudonymEntry",
     "ROLES",
+    "SearchState",
     "Slide",
     "SlideFact",
     "Specimen",

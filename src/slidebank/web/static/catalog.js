@@ -4,7 +4,9 @@ import { showAccount } from "./session.js";
 
 const FACETS = ["dataset", "species", "organ", "stain", "vendor", "diagnosis"];
 const PAGE_SIZE = 24;
-const state = { text: "", offset: 0, selected: Object.fromEntries(FACETS.map((f) => [f, new Set()])) };
+const FACET_VALUES_SHOWN = 20;
+const state = { text: "", offset: 0, facetLimit: FACET_VALUES_SHOWN,
+                selected: Object.fromEntries(FACETS.map((f) => [f, new Set()])) };
 
 const element = (tag, attributes = {}, ...children) => {
   const node = document.createElement(tag);
@@ -14,7 +16,7 @@ const element = (tag, attributes = {}, ...children) => {
 };
 
 function query() {
-  const params = new URLSearchParams({ limit: PAGE_SIZE, offset: state.offset });
+  const params = new URLSearchParams({ limit: PAGE_SIZE, offset: state.offset, facet_limit: state.facetLimit });
   if (state.text) params.set("text", state.text);
   for (const facet of FACETS) for (const value of state.selected[facet]) params.append(facet, value);
   return params;
@@ -23,7 +25,7 @@ function query() {
 async function refresh() {
   const response = await fetch(`/api/search?${query()}`);
   const result = await response.json();
-  showFacets(result.facets);
+  showFacets(result.facets, result.facet_values || {});
   showResults(result.items);
   document.querySelector("#total").textContent = `${result.total} slide${result.total === 1 ? "" : "s"}`;
   const page = Math.floor(state.offset / PAGE_SIZE) + 1;
@@ -33,7 +35,7 @@ async function refresh() {
   document.querySelector("#next").disabled = state.offset + PAGE_SIZE >= result.total;
 }
 
-function showFacets(facets) {
+function showFacets(facets, valueCounts) {
   const container = document.querySelector("#facets");
   container.replaceChildren();
   for (const facet of FACETS) {
@@ -49,6 +51,12 @@ function showFacets(facets) {
         refresh();
       });
       fieldset.append(element("label", {}, box, value, element("span", { class: "count" }, String(count))));
+    }
+    const hidden = (valueCounts[facet] || 0) - values.length;
+    if (hidden > 0) {  // the most frequent values come first; the rest on request
+      const more = element("button", { type: "button", class: "more" }, `${hidden} more…`);
+      more.addEventListener("click", () => { state.facetLimit = 100000; refresh(); });
+      fieldset.append(more);
     }
     container.append(fieldset);
   }

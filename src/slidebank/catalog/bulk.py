@@ -1,0 +1,302 @@
+"""Bulk registration: thousands of slides per transaction, for migrations of whole repositories.
+
+`registration.register` makes one transaction per slide, with a lookup per sample object (about
+70 slides/s): fine for ingest, where conversion takes far longer, but hours for a migration of a
+million catalog records. This path writes the same rows (`registration.image_values`, the same
+sample aliases, codes and facet index) set-wise: per batch, one lookup and one multi-row insert
+per table. A batch commits whole or not at all; a slide already registered with the same source is
+skipped, so an interrupted load resumes by running it again.
+
+What it does not do: store pixels. The records name blobs already in the store (a migration moves
+those separately) and the pipeline's checks are assumed done where the records were made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from itertools import islice
+from typing import Any, TypeVar
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from slidebank.catalog.changes import note_changed
+from slidebank.catalog.errors import DuplicateSourceError, SlideIdTakenError
+from slidebank.catalog.facets import index_images
+from slidebank.catalog.facts import fact_row
+from slidebank.catalog.identifiers import SLIDE_ID_PATTERN
+from slidebank.catalog.records import IngestedSlide
+from slidebank.catalog.registration import (
+    SampleAliases,
+    clean_label,
+    coded,
+    diagnosis_values,
+    ensure_dataset,
+    image_values,
+    staining_values,
+)
+from slidebank.catalog.vocabulary import (
+    ANATOMICAL_SITES,
+    BLOCK_PREPARATIONS,
+    EXTRACTION_METHODS,
+    FIXATION_TYPES,
+    SEX,
+    SPECIES,
+    SPECIMEN_TYPES,
+    Term,
+    Vocabulary,
+    split_stains,
+)
+from slidebank.db import UnitOfWork
+from slidebank.db.models import (
+    BiologicalBeing,
+    Block,
+    Case,
+    DicomInstance,
+    Image,
+    ImageFile,
+    ImageLevel,
+    Observation,
+    Slide,
+    SlideFact,
+    Specimen,
+    Staining,
+    block_specimens,
+    slide_stainings,
+)
+from slidebank.db.rows import among, insert_rows
+
+BATCH = 5_000
+LOOKUP = 5_000  # keys per lookup (an array on PostgreSQL, an IN list on SQLite: under its 32,766 parameters)
+
+Sample = TypeVar("Sample", BiologicalBeing, Case, Specimen, Block, Slide, Staining)
+Key = tuple[int, str]  # (dataset id, alias)
+
+
+@dataclass
+class BulkResult:
+    registered: int = 0
+    skipped: int = 0  # already registered with the same source: a resumed load
+    slide_ids: list[str] = field(default_factory=list)
+
+
+def register_many(uow: UnitOfWork, slides: Iterable[IngestedSlide], batch: int = BATCH,
+                  progress: Callable[[int], None] | None = None) -> BulkResult:
+    """Register slides `batch` at a time, each batch in one transaction; see the module docstring."""
+    result = BulkResult()
+    for group in _batched(iter(slides), batch):
+        with uow.write() as session:
+            registered = _register_batch(session, group)
+        result.registered += len(registered)
+        result.skipped += len(group) - len(registered)
+        result.slide_ids.extend(registered)
+        if progress is not None:
+            progress(result.registered + result.skipped)
+    return result
+
+
+def record_facts_many(uow: UnitOfWork, facts: Iterable[tuple[str, dict[str, float | str]]],
+                      batch: int = BATCH, job_id: int | None = None) -> int:
+    """Record (replace) facts of many slides, `batch` slides per transaction; returns slides written.
+    The same rows as `facts.set_facts`, for migrations and re-measurements of whole collections."""
+    written = 0
+    for group in _batched(iter(facts), batch):
+        with uow.write() as session:
+            image_ids = _lookup(session, Image.slide_id, Image.id, [slide_id for slide_id, _ in group])
+            missing = [slide_id for slide_id, _ in group if slide_id not in image_ids]
+            if missing:
+                raise LookupError(f"no slide {missing[0]!r}")
+            rows = [fact_row(image_ids[slide_id], name, value, job_id)
+                    for slide_id, values in group for name, value in values.items()]
+            ids = sorted({row["image_id"] for row in rows})
+            names = sorted({row["name"] for row in rows})
+            dialect = session.get_bind().dialect.name
+            for chunk in _chunked(ids):
+                session.execute(delete(SlideFact).where(among(dialect, SlideFact.image_id, chunk),
+                                                        SlideFact.name.in_(names)))
+            insert_rows(session, SlideFact, rows)
+            note_changed(session, ids)
+        written += len(group)
+    return written
+
+
+def _batched(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    while group := list(islice(items, size)):
+        yield group
+
+
+def _register_batch(session: Session, group: list[IngestedSlide]) -> list[str]:
+    slides = _new_slides(session, group)
+    if not slides:
+        return []
+    datasets = {name: ensure_dataset(session, name).id for name in {s.description.dataset for s in slides}}
+    graph = _SampleGraph(session)
+    glasses: list[Key] = []
+    for slide in slides:
+        description = slide.description
+        dataset_id = datasets[description.dataset]
+        aliases = SampleAliases(*description.sample_aliases) if description.sample_aliases \
+            else SampleAliases.for_image(description, slide.slide_id)
+        being = graph.want(BiologicalBeing, dataset_id, aliases.being,
+                           {**coded("species", _normalised(SPECIES, description.species)),
+                            **coded("sex", _normalised(SEX, description.sex))})
+        case = graph.want(Case, dataset_id, aliases.case, {}, biological_being_id=being)
+        extraction = EXTRACTION_METHODS.lookup(description.specimen_type)
+        age = clean_label(description.age_at_extraction)
+        specimen = graph.want(Specimen, dataset_id, aliases.specimen, {
+            "age_at_extraction": age.upper()[:32] if age else None,
+            **coded("anatomical_site", _normalised(ANATOMICAL_SITES, description.anatomical_site)),
+            **coded("specimen_type", _normalised(SPECIMEN_TYPES, description.specimen_type)),
+            **coded("fixation_type", _normalised(FIXATION_TYPES, description.fixation_type)),
+            **coded("extraction_method", extraction.term if extraction else None),
+        }, biological_being_id=being, case_id=case)
+        block = graph.want(Block, dataset_id, aliases.block,
+                           coded("block_preparation", _normalised(BLOCK_PREPARATIONS, description.block_preparation)))
+        graph.link(block_specimens, block, specimen)
+        glass = graph.want(Slide, dataset_id, aliases.slide, {}, block_id=block)
+        for stain in split_stains(description.stain):
+            values = staining_values(dataset_id, stain)
+            graph.link(slide_stainings, glass, graph.want(Staining, dataset_id, values["alias"], values))
+        glasses.append(glass)
+    graph.write()
+
+    image_rows = [image_values(s, datasets[s.description.dataset], graph.id_of(Slide, g))
+                  for s, g in zip(slides, glasses, strict=True)]
+    insert_rows(session, Image, image_rows)
+    by_slide_id = _lookup(session, Image.slide_id, Image.id, [s.slide_id for s in slides])
+    image_ids = [by_slide_id[s.slide_id] for s in slides]
+    insert_rows(session, ImageLevel, [
+        {"image_id": image_id, "level": index, "width": level.width, "height": level.height,
+         "downsample": float(level.downsample)}
+        for slide, image_id in zip(slides, image_ids, strict=True) for index, level in enumerate(slide.levels)])
+    files = [(image_id, f) for slide, image_id in zip(slides, image_ids, strict=True) for f in slide.files]
+    insert_rows(session, ImageFile, [
+        {"image_id": image_id, "role": f.role, "sha256": f.sha256, "size": f.size, "level": f.level,
+         "media_type": f.media_type, "key_header": f.key_header} for image_id, f in files])
+    file_ids: list[int] = []
+    if any(f.dicom is not None for _, f in files):
+        by_file: dict[tuple[int, str], int] = {}
+        for image_id, (sha256, file_id) in _lookup(session, ImageFile.image_id, (ImageFile.sha256, ImageFile.id),
+                                                  image_ids, many=True):
+            by_file[(image_id, sha256)] = file_id
+        file_ids = [by_file[(image_id, f.sha256)] for image_id, f in files]
+    insert_rows(session, DicomInstance, [
+        {"image_id": image_id, "file_id": file_id, **asdict(f.dicom)}
+        for (image_id, f), file_id in zip(files, file_ids, strict=False) if f.dicom is not None])
+    insert_rows(session, Observation, [
+        diagnosis_values(slide.slide_id, datasets[slide.description.dataset], image_id, diagnosis)
+        for slide, image_id in zip(slides, image_ids, strict=True)
+        if (diagnosis := clean_label(slide.description.diagnosis))])
+    index_images(session, image_ids)
+    return [slide.slide_id for slide in slides]
+
+
+def _new_slides(session: Session, group: list[IngestedSlide]) -> list[IngestedSlide]:
+    """The slides not registered yet; one registered before from the same source is skipped (a resumed
+    load), a slide id or source taken by another slide is an error (the batch is not written)."""
+    for slide in group:
+        if not SLIDE_ID_PATTERN.fullmatch(slide.slide_id):
+            raise ValueError(f"slide id {slide.slide_id!r} is not a valid identifier")
+    by_id = _lookup(session, Image.slide_id, Image.source_sha256, [s.slide_id for s in group])
+    by_source = _lookup(session, Image.source_sha256, Image.slide_id, [s.source_sha256 for s in group])
+    fresh = []
+    for slide in group:
+        if by_id.get(slide.slide_id) == slide.source_sha256:
+            continue
+        if slide.slide_id in by_id:
+            raise SlideIdTakenError(slide.slide_id)
+        if slide.source_sha256 in by_source:
+            raise DuplicateSourceError(by_source[slide.source_sha256])
+        fresh.append(slide)
+    return fresh
+
+
+class _SampleGraph:
+    """Get-or-create of sample objects by (dataset, alias), set-wise: `want` collects, `write` looks
+    up what exists, inserts the rest model by model (parents first) and links them."""
+
+    ORDER = (BiologicalBeing, Case, Specimen, Block, Slide, Staining)
+    PARENTS = {"biological_being_id": BiologicalBeing, "case_id": Case, "block_id": Block}
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.pending: dict[type, dict[Key, tuple[dict[str, Any], dict[str, Key]]]] = {m: {} for m in self.ORDER}
+        self.ids: dict[type, dict[Key, int]] = {m: {} for m in self.ORDER}
+        self.links: dict[Any, set[tuple[Key, Key]]] = {block_specimens: set(), slide_stainings: set()}
+
+    def want(self, model: type[Sample], dataset_id: int, alias: str, values: dict[str, Any], **parents: Key) -> Key:
+        """The key of this object; the first description of a shared object wins, as in registration."""
+        key = (dataset_id, alias)
+        self.pending[model].setdefault(key, (values, parents))
+        return key
+
+    def link(self, table: Any, left: Key, right: Key) -> None:
+        self.links[table].add((left, right))
+
+    def id_of(self, model: type, key: Key) -> int:
+        return self.ids[model][key]
+
+    def write(self) -> None:
+        for model in self.ORDER:
+            entries = self.pending[model]
+            existing = self._existing(model, list(entries))
+            self.ids[model].update(existing)
+            rows = [
+                {"dataset_id": key[0], "alias": key[1], **values,
+                 **{column: self.ids[self.PARENTS[column]][parent] for column, parent in parents.items()}}
+                for key, (values, parents) in entries.items() if key not in existing
+            ]
+            insert_rows(self.session, model, rows)  # then read back by (dataset, alias), unique
+            self.ids[model].update(self._existing(model, [(row["dataset_id"], row["alias"]) for row in rows]))
+        self._write_links(block_specimens, Block, Specimen, "block_id", "specimen_id")
+        self._write_links(slide_stainings, Slide, Staining, "glass_slide_id", "staining_id")
+
+    def _existing(self, model: Any, keys: list[Key]) -> dict[Key, int]:
+        by_dataset: dict[int, list[str]] = {}
+        for dataset_id, alias in keys:
+            by_dataset.setdefault(dataset_id, []).append(alias)
+        return {(dataset_id, alias): object_id for dataset_id, aliases in by_dataset.items()
+                for alias, object_id in _lookup(self.session, model.alias, model.id, aliases,
+                                                model.dataset_id == dataset_id).items()}
+
+    def _write_links(self, table: Any, left: type, right: type, left_column: str, right_column: str) -> None:
+        pairs = {(self.ids[left][a], self.ids[right][b]) for a, b in self.links[table]}
+        if not pairs:
+            return
+        existing = set(_lookup(self.session, table.c[left_column], table.c[right_column],
+                               sorted({a for a, _ in pairs}), many=True))
+        rows = [{left_column: a, right_column: b} for a, b in sorted(pairs - existing)]
+        insert_rows(self.session, table, rows)
+
+
+def _lookup(session: Session, key: Any, value: Any, keys: list[Any], *where: Any, many: bool = False) -> Any:
+    """{key: value} for the rows whose `key` is among `keys` (chunked); with `many`, every
+    (key, value) pair instead. `value` may be a tuple of columns (then values are tuples)."""
+    dialect = session.get_bind().dialect.name
+    columns = value if isinstance(value, tuple) else (value,)
+    pairs: list[tuple[Any, Any]] = []
+    for chunk in _chunked(keys):
+        for row in session.execute(select(key, *columns).where(among(dialect, key, chunk), *where)):
+            pairs.append((row[0], tuple(row[1:]) if isinstance(value, tuple) else row[1]))
+    return pairs if many else dict(pairs)
+
+
+def _chunked(values: list[Any]) -> Iterator[list[Any]]:
+    for start in range(0, len(values), LOOKUP):
+        yield values[start : start + LOOKUP]
+
+
+_TERMS: dict[tuple[str, str], Term | None] = {}
+
+
+def _normalised(vocabulary: Vocabulary, value: str | None) -> Term | None:
+    """Vocabulary lookups repeat across a million records; each distinct value is looked up once."""
+    if value is None:
+        return None
+    key = (vocabulary.attribute, value)
+    if key not in _TERMS:
+        if len(_TERMS) > 100_000:
+            _TERMS.clear()
+        _TERMS[key] = vocabulary.normalise(value)
+    return _TERMS[key]
