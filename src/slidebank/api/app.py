@@ -6,6 +6,7 @@ Serves the catalog as JSON (slides, datasets, search with facets), the pixel rou
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -50,6 +51,8 @@ def create_app(node: Node | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         stop = watch_governance(gatekeeper.sync)  # per server process, after Granian forked it
+        # The search index is built at the first search; build it now, in the background, instead.
+        threading.Thread(target=node.catalog.warm_search_index, name="search-index", daemon=True).start()
         try:
             yield
         finally:

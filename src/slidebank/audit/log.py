@@ -20,16 +20,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cachetools import TTLCache
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from slidebank.db import UnitOfWork
+from slidebank.db.locks import serialise_writers
 from slidebank.db.models import AuditEvent
 from slidebank.db.models.base import iso_utc
 
 GENESIS = "0" * 64
-CHAIN_LOCK_ID = 0x5A_0D17  # PostgreSQL advisory lock serialising appends to the chain
 TILE_WINDOW_SECONDS = 300  # tile reads: one entry per reader, slide and place per 5 minutes
 TILE_WINDOW_ENTRIES = 100_000  # readers × slides × places remembered per process (bounded memory)
 APPEND_ATTEMPTS = 5
@@ -67,8 +67,7 @@ class AuditLog:
         slide_id: str | None = None, grant: str | None = None, detail: dict[str, Any] | None = None,
     ) -> None:
         """Add an entry inside the caller's write transaction: it commits with the change it records."""
-        if self._uow.dialect == "postgresql":  # SQLite's write transaction already excludes other writers
-            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHAIN_LOCK_ID})
+        serialise_writers(session)
         head = session.execute(
             select(AuditEvent.id, AuditEvent.entry_hash).order_by(AuditEvent.id.desc()).limit(1)
         ).first()

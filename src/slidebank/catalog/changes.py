@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from slidebank.db.locks import serialise_writers
 from slidebank.db.models import CatalogChange, SearchState
 from slidebank.db.rows import insert_rows
 
@@ -60,6 +61,7 @@ def changed_since(session: Session, version: int) -> list[int]:
 
 def _bump(session: Session) -> int:
     """The UPDATE's row lock is held to commit: concurrent writers get their versions in commit order."""
+    serialise_writers(session)
     version = session.scalar(update(SearchState).where(SearchState.id == STATE_ROW)
                              .values(version=SearchState.version + 1).returning(SearchState.version))
     if version is None:  # a catalog created without the row (metadata.create_all in tests)

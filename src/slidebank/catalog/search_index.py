@@ -167,19 +167,24 @@ class SearchIndex:
     # --- keeping current ------------------------------------------------------------------------
 
     def sync(self, session: Session) -> None:
-        """Catch up with the catalog as this session sees it. Call with `lock` held."""
+        """Catch up with the catalog as this session sees it. Call with `lock` held. If reading
+        fails half-way the index is marked unbuilt, so that the next search rebuilds it."""
         state = changes.current(session)
         if state.version == self.version:
             return
-        if self.version < 0 or self.version < state.rebuild_below:
-            self.rebuild(session, state.version)
-            return
-        changed = changes.changed_since(session, self.version)
-        if len(changed) > REBUILD_ABOVE:
-            self.rebuild(session, state.version)
-            return
-        self._reread(session, changed)
-        self.version = state.version
+        try:
+            if self.version < 0 or self.version < state.rebuild_below:
+                self.rebuild(session, state.version)
+                return
+            changed = changes.changed_since(session, self.version)
+            if len(changed) > REBUILD_ABOVE:
+                self.rebuild(session, state.version)
+                return
+            self._reread(session, changed)
+            self.version = state.version
+        except BaseException:
+            self.version = -1
+            raise
 
     def rebuild(self, session: Session, version: int) -> None:
         self._clear()

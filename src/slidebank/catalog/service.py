@@ -8,6 +8,7 @@ must change the catalog and something else in one transaction call the modules w
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -19,6 +20,8 @@ from slidebank.catalog.query import SearchQuery, SearchResult
 from slidebank.catalog.records import DicomIdentity, IngestedSlide, StoredFile
 from slidebank.catalog.search_index import SearchIndex
 from slidebank.db import UnitOfWork
+
+log = logging.getLogger(__name__)
 
 
 class Catalog:
@@ -37,6 +40,15 @@ class Catalog:
     def search(self, query: SearchQuery) -> SearchResult:
         with self.uow.read() as session:
             return search.search(session, query, self.index)
+
+    def warm_search_index(self) -> None:
+        """Bring this process's search index to the catalog's version (seconds at millions of images).
+        Best effort, for a background thread: a failure here is met again, and raised, by the next search."""
+        try:
+            with self.uow.read() as session, self.index.lock:
+                self.index.sync(session)
+        except Exception:  # noqa: BLE001 - the node may be closing; searches rebuild on demand
+            log.warning("the search index was not built ahead of the first search", exc_info=True)
 
     def list_slides(self) -> list[dict[str, Any]]:
         with self.uow.read() as session:
