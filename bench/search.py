@@ -48,7 +48,7 @@ from slidebank.catalog.query import FACETS, facet_key  # noqa: E402
 from slidebank.catalog.records import IngestedSlide, LevelInfo, SlideDescription, StoredFile  # noqa: E402
 from slidebank.catalog.vocabulary import ANATOMICAL_SITES, STAINS, clean_text, normalise_key  # noqa: E402
 from slidebank.db import UnitOfWork, create_database_engine, upgrade_schema  # noqa: E402
-from slidebank.db.models import Dataset, Image, ImageFacet, SlideFact  # noqa: E402
+from slidebank.db.models import Dataset, Image, ImageFacet  # noqa: E402
 
 console = Console()
 DATASETS = 40
@@ -198,10 +198,7 @@ def sql_search(catalog: Catalog, query: SearchQuery) -> tuple[int, dict[str, lis
                 keys = sorted({facet_key(vocabulary.display_name(v) if vocabulary else clean_text(v)) for v in values})
                 filters[name] = Image.id.in_(select(ImageFacet.image_id).where(ImageFacet.facet == name,
                                                                                ImageFacet.key.in_(keys)))
-        common: list[ColumnElement[bool]] = []
-        for condition in query.where:
-            common.append(Image.id.in_(select(SlideFact.image_id).where(
-                SlideFact.name == condition.name, SlideFact.value < condition.value)))
+        common: list[ColumnElement[bool]] = [condition.clause() for condition in query.where]
         if query.visible_datasets is not None:
             common.append(Image.dataset_id.in_(select(Dataset.id).where(Dataset.alias.in_(query.visible_datasets))))
         if query.text:

@@ -29,7 +29,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from slidebank.catalog import changes
-from slidebank.catalog.query import CHUNK, FactCondition, chunks
+from slidebank.catalog.query import FactCondition, chunks
 from slidebank.db.models import Image, ImageFacet, SlideFact
 
 REBUILD_ABOVE = 50_000  # changed images beyond which rebuilding beats applying the changes
@@ -202,7 +202,7 @@ class SearchIndex:
         ids = np.asarray(sorted(gone), dtype=np.int64)
         for fact in self.numbers.values():
             fact.forget(ids)
-        for chunk in chunks(sorted(gone), CHUNK):
+        for chunk in chunks(list(gone)):
             self._load(session, chunk)
 
     def _load(self, session: Session, image_ids: Sequence[int] | None) -> None:
