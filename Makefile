@@ -11,7 +11,7 @@ export SLIDEBANK_HOME
 # libmagic; the browser tests drive Debian's Chromium; the DICOMweb tests and bench/dicomweb.py hold
 # Slidebank against Orthanc with its DICOMweb plugin; npm fetches OpenSeadragon and Annotorious
 # at build time.
-SYSTEM_PACKAGES := libturbojpeg0 libmagic1 chromium orthanc orthanc-dicomweb
+SYSTEM_PACKAGES := libturbojpeg0 libmagic1 chromium orthanc orthanc-dicomweb ceph-mon ceph-osd radosgw
 OSD_VENDOR := src/slidebank/web/static/vendor/openseadragon
 ANNOTORIOUS_VENDOR := src/slidebank/web/static/vendor/annotorious
 ANNOTORIOUS_DIST := web/node_modules/@annotorious/openseadragon/dist

@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import Engine
 
 from postgres import PostgresUnavailable, create_database, postgres_cluster
+from radosgw import RadosgwUnavailable, S3Server, radosgw_server
 from slidebank.catalog import Catalog
 from slidebank.db import UnitOfWork, upgrade_schema
 from slidebank.db import create_database_engine as create_catalog_engine
@@ -130,8 +131,8 @@ def run_cli(
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
     """Run the real `slidebank` executable, as a user would (`env` adds to the environment)."""
-    env = {**os.environ, "SLIDEBANK_HOME": str(home), **(env or {})}
-    env.pop("SLIDEBANK_DATABASE_URL", None)
+    inherited = {k: v for k, v in os.environ.items() if k != "SLIDEBANK_DATABASE_URL"}  # `env` may set one
+    env = {**inherited, "SLIDEBANK_HOME": str(home), **(env or {})}
     result = subprocess.run(
         [str(SLIDEBANK_BIN), *args], capture_output=True, text=True, env=env, timeout=timeout, check=False,
         input=stdin,
@@ -151,8 +152,8 @@ def running_server(home: Path, *extra: str, env: dict[str, str] | None = None) -
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server_env = {**os.environ, "SLIDEBANK_HOME": str(home), **(env or {})}
-    server_env.pop("SLIDEBANK_DATABASE_URL", None)
+    inherited = {k: v for k, v in os.environ.items() if k != "SLIDEBANK_DATABASE_URL"}  # `env` may set one
+    server_env = {**inherited, "SLIDEBANK_HOME": str(home), **(env or {})}
     process = subprocess.Popen(
         [str(SLIDEBANK_BIN), "serve", "--host", "127.0.0.1", "--port", str(port), *extra],
         env=server_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -213,20 +214,11 @@ def open_dataset(home: Path, name: str) -> str:
     scope="session",
     params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
 )
-def catalog_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def catalog_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A database server for the session: a SQLite file, or a private PostgreSQL cluster."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('catalog') / 'session.sqlite'}"
-        return
-    try:
-        cluster = postgres_cluster()
-        url = cluster.__enter__()
-    except PostgresUnavailable as reason:
-        pytest.skip(str(reason))
-    try:
-        yield url
-    finally:
-        cluster.__exit__(None, None, None)
+        return f"sqlite:///{tmp_path_factory.mktemp('catalog') / 'session.sqlite'}"
+    return str(request.getfixturevalue("postgres_server"))
 
 
 @pytest.fixture
@@ -248,3 +240,40 @@ def engine(database_url: str) -> Iterator[Engine]:
 @pytest.fixture
 def catalog(engine: Engine) -> Catalog:
     return Catalog(UnitOfWork(engine))
+
+
+# --- an S3 server (Ceph's radosgw) and a PostgreSQL server for the many-hosts tests -----------------
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    try:
+        server = radosgw_server()
+        endpoint = server.__enter__()
+    except RadosgwUnavailable as reason:
+        pytest.skip(str(reason))
+    try:
+        yield endpoint
+    finally:
+        server.__exit__(None, None, None)
+
+
+@pytest.fixture
+def s3_environment(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """boto3's settings for the test server, in this process's environment for the test."""
+    for name, value in s3_server.environment().items():
+        monkeypatch.setenv(name, value)
+    return s3_server.environment()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    try:
+        cluster = postgres_cluster()
+        url = cluster.__enter__()
+    except PostgresUnavailable as reason:
+        pytest.skip(str(reason))
+    try:
+        yield url
+    finally:
+        cluster.__exit__(None, None, None)

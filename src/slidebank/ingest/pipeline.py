@@ -57,7 +57,7 @@ from slidebank.ingest.deidentify import (
 from slidebank.ingest.sidecar import MPP_RANGE
 from slidebank.slides.inspect import Limits, SlideRejected, SourceInfo, inspect_source, pixel_size_hint
 from slidebank.slides.source import SourceSlide
-from slidebank.storage import LocalBlobStore, sha256_file
+from slidebank.storage import BlobStore, sha256_file
 from slidebank.storage.crypt import NodeKeys
 
 THUMBNAIL_SIZE = 512
@@ -154,7 +154,7 @@ class IngestContext:
     """What the steps before registration need of the node: they run in worker processes."""
 
     catalog: Catalog
-    store: LocalBlobStore
+    store: BlobStore
     keys: NodeKeys
     secret: bytes  # keys the pseudonyms
     limits: Limits
@@ -165,7 +165,7 @@ class Registrar:
     """What registration needs: it runs in the parent, the catalog's one writer."""
 
     catalog: Catalog
-    store: LocalBlobStore
+    store: BlobStore
     audit: AuditLog
     pseudonyms: Pseudonyms | None  # only where the node keeps the way back
     actor: Principal

@@ -93,7 +93,7 @@ _worker_node: Node | None = None
 def _open_worker_node(settings: NodeSettings) -> None:
     """In each worker process, once: the node it prepares slides for (no migration: the parent did)."""
     global _worker_node
-    _worker_node = Node(settings, migrate=False)
+    _worker_node = Node(settings.for_worker(), migrate=False)
 
 
 def _prepare_in_worker(request: IngestRequest, threads: int) -> IngestedSlide | IngestOutcome:

@@ -1,8 +1,9 @@
 """What runs on a Dask worker: one algorithm on one slide, results stored with their provenance.
 
-The worker opens the node itself (same home, same database), reads pixels only through the
-decrypting store, and records its own task state, so the job record stays true even if the process
-driving the job dies. A task's results (features, facts, heatmaps), its end, its audit entry and any
+The worker opens the node itself (same database and store; the same home unless the node runs on
+PostgreSQL and S3, see `NodeSettings.for_worker`), reads pixels only through the decrypting store,
+and records its own task state, so the job record stays true even if the process driving the job
+dies. A task's results (features, facts, heatmaps), its end, its audit entry and any
 notice to the stewards commit in one transaction: a crash leaves the previous results whole.
 Errors never escape as exceptions: an exception would make Dask retry, and retries are for lost
 workers, not for an algorithm that fails or a limit hit.
@@ -104,7 +105,7 @@ def worker_node(settings: NodeSettings) -> Node:
     """One opened node per worker process and home (opening costs an engine and key loading)."""
     with _nodes_lock:
         if settings not in _nodes:
-            _nodes[settings] = Node(settings, migrate=False)
+            _nodes[settings] = Node(settings.for_worker(), migrate=False)
         return _nodes[settings]
 
 

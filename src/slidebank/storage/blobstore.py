@@ -4,7 +4,7 @@ A slide's canonical files become blobs named by their SHA-256. Writers build fil
 staging directory and then *publish* them; publishing is a rename on the same filesystem, so a
 reader (or the catalog) never sees a half-written blob. Blobs that were published by an ingest
 that crashed before the catalog committed are unreferenced and removed by `collect_garbage`.
-The interface is small on purpose so an S3 implementation can stand beside the local one.
+The interface is small on purpose: `storage.s3` implements it over an S3 bucket.
 """
 
 from __future__ import annotations
@@ -65,17 +65,21 @@ class PlainFile:
 
 
 class BlobStore(Protocol):
-    """What the rest of Slidebank may ask of a blob store."""
+    """What the rest of Slidebank may ask of a blob store (local disk, or S3 in `storage.s3`)."""
 
     def staging_dir(self) -> AbstractContextManager[Path]: ...  # pragma: no cover
 
-    def publish(self, path: Path) -> BlobRef: ...  # pragma: no cover
+    def publish(self, path: Path, keys: NodeKeys | None = None) -> BlobRef: ...  # pragma: no cover
+
+    def open_blob(self, sha256: str, key_header: bytes | None, keys: NodeKeys) -> BlobFile: ...  # pragma: no cover
 
     def exists(self, sha256: str) -> bool: ...  # pragma: no cover
 
     def delete(self, sha256: str) -> None: ...  # pragma: no cover
 
     def iter_blobs(self) -> Iterator[str]: ...  # pragma: no cover
+
+    def delete_many(self, digests: Iterable[str]) -> None: ...  # pragma: no cover
 
     def collect_garbage(self, referenced: set[str], min_age_s: float = 0) -> list[str]: ...  # pragma: no cover
 
@@ -102,18 +106,12 @@ class LocalBlobStore:
         self.staging.mkdir(parents=True, exist_ok=True)
 
     def blob_path(self, sha256: str) -> Path:
-        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
-            raise ValueError(f"not a SHA-256 hex digest: {sha256!r}")
+        check_digest(sha256)
         return self.objects / sha256[:2] / sha256[2:4] / sha256
 
-    @contextmanager
-    def staging_dir(self) -> Iterator[Path]:
-        """A private scratch directory on the store's filesystem, removed on exit whatever happens."""
-        path = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=self.staging))
-        try:
-            yield path
-        finally:
-            shutil.rmtree(path, ignore_errors=True)
+    def staging_dir(self) -> AbstractContextManager[Path]:
+        """A private scratch directory on the store's filesystem (so publishing is a rename)."""
+        return private_staging(self.staging)
 
     def publish(self, path: Path, keys: NodeKeys | None = None) -> BlobRef:
         """Move a finished staging file into the store under its digest (atomic, durable).
@@ -176,10 +174,32 @@ class LocalBlobStore:
             if now - path.stat().st_mtime >= min_age_s:
                 path.unlink(missing_ok=True)
                 removed.append(digest)
-        for leftover in self.staging.iterdir():
-            if now - leftover.stat().st_mtime >= min_age_s:
-                if leftover.is_dir():
-                    shutil.rmtree(leftover, ignore_errors=True)
-                else:
-                    leftover.unlink(missing_ok=True)
+        clear_stale_staging(self.staging, min_age_s)
         return removed
+
+
+@contextmanager
+def private_staging(root: Path) -> Iterator[Path]:
+    """A scratch directory of this writer's own under `root`, removed on exit whatever happens."""
+    path = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=root))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def check_digest(sha256: str) -> None:
+    """Refuse anything but a SHA-256 hex digest before it becomes part of a path or an object key."""
+    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        raise ValueError(f"not a SHA-256 hex digest: {sha256!r}")
+
+
+def clear_stale_staging(staging: Path, min_age_s: float) -> None:
+    """Remove staging folders (and stray files) a crashed writer left, once older than `min_age_s`."""
+    now = time.time()
+    for leftover in staging.iterdir():
+        if now - leftover.stat().st_mtime >= min_age_s:
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)

@@ -32,6 +32,8 @@ from crypt4gh import sodium as c4gh_sodium
 from crypt4gh.keys import c4gh as c4gh_keys
 from crypt4gh.keys import get_private_key, get_public_key
 
+from slidebank.storage.sources import RandomAccess, as_source
+
 SEGMENT = c4gh_lib.SEGMENT_SIZE  # plaintext bytes per segment
 CIPHER_SEGMENT = c4gh_lib.CIPHER_SEGMENT_SIZE  # nonce + ciphertext + MAC
 SEGMENT_OVERHEAD = CIPHER_SEGMENT - SEGMENT
@@ -147,16 +149,17 @@ class EncryptedFile:
     a header names one data key and so one payload, whatever path or inode it is read through.
     """
 
-    def __init__(self, payload: Path, header: bytes, keys: NodeKeys) -> None:
-        self.path = payload
-        self._data_key = _open_header(header, keys, payload.name)
-        self._cache_id = hashlib.sha256(header).digest()
-        self._fd = os.open(payload, os.O_RDONLY)
+    def __init__(self, payload: Path | RandomAccess, header: bytes, keys: NodeKeys) -> None:
+        self._source = as_source(payload)
+        self.name = self._source.name
         try:
-            self.size = _plaintext_size(os.fstat(self._fd).st_size, payload.name)
+            self._data_key = _open_header(header, keys, self.name)
+            self._cache_id = hashlib.sha256(header).digest()
+            self.size = _plaintext_size(self._source.size, self.name)
         except EncryptedFileError:
             self.close()
             raise
+        self._closed = False
 
     def pread(self, offset: int, length: int) -> bytes:
         """Plaintext bytes [offset, offset + length), decrypting only the segments they lie in."""
@@ -180,28 +183,37 @@ class EncryptedFile:
 
     def _pieces(self, offset: int, end: int) -> Iterator[memoryview]:
         """The parts of each segment that fall within [offset, end), offset < end."""
-        if offset < 0 or self._fd < 0:  # a closed file must not go on answering from the cache
-            raise ValueError(f"read at {offset} of {self.path.name}: negative offset or closed file")
-        for index in range(offset // SEGMENT, (end - 1) // SEGMENT + 1):
+        if offset < 0 or self._closed:  # a closed file must not go on answering from the cache
+            raise ValueError(f"read at {offset} of {self.name}: negative offset or closed file")
+        first, last = offset // SEGMENT, (end - 1) // SEGMENT
+        segments = self._segments(first, last)
+        for index in range(first, last + 1):
             start = index * SEGMENT
-            yield memoryview(self._segment(index))[max(offset - start, 0) : min(end - start, SEGMENT)]
+            yield memoryview(segments[index - first])[max(offset - start, 0) : min(end - start, SEGMENT)]
 
-    def _segment(self, index: int) -> bytes:
-        key = (self._cache_id, index)
+    def _segments(self, first: int, last: int) -> list[bytes]:
+        """Plaintext of segments first..last; those not cached are read in one request (one
+        ranged GET on S3 rather than one per segment)."""
         with _segment_lock:
-            cached = _segment_cache.get(key)
-        if cached is not None:
-            return cached
-        cipher = os.pread(self._fd, CIPHER_SEGMENT, index * CIPHER_SEGMENT)
+            found = [_segment_cache.get((self._cache_id, index)) for index in range(first, last + 1)]
+        missing = [first + i for i, segment in enumerate(found) if segment is None]
+        if missing:
+            lo, hi = missing[0], missing[-1]
+            cipher = self._source.pread(lo * CIPHER_SEGMENT, (hi - lo + 1) * CIPHER_SEGMENT)
+            for index in missing:
+                found[index - first] = self._decrypt(index, cipher, (index - lo) * CIPHER_SEGMENT)
+        return found  # type: ignore[return-value]  # every None was filled above
+
+    def _decrypt(self, index: int, cipher: bytes, at: int) -> bytes:
         plain = bytearray(SEGMENT)
         try:
-            size = c4gh_lib.decrypt_block(plain, cipher, [self._data_key])
+            size = c4gh_lib.decrypt_block(plain, memoryview(cipher)[at : at + CIPHER_SEGMENT], [self._data_key])
         except ValueError as error:
-            raise EncryptedFileError(f"segment {index} of {self.path.name} failed authentication") from error
+            raise EncryptedFileError(f"segment {index} of {self.name} failed authentication") from error
         segment = bytes(memoryview(plain)[:size])
         if SEGMENT_CACHE_BYTES:
             with _segment_lock:
-                _segment_cache[key] = segment
+                _segment_cache[(self._cache_id, index)] = segment
         return segment
 
     def stream(self) -> io.BufferedReader:
@@ -213,9 +225,8 @@ class EncryptedFile:
         return io.BufferedReader(_PlaintextView(self), buffer_size=SEGMENT)
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        self._closed = True
+        self._source.close()
 
     def forget(self) -> None:
         """Close, and drop this file's decrypted segments from the process's cache (after an erasure:
@@ -240,7 +251,7 @@ class _PlaintextView(io.RawIOBase):
 
     @property
     def name(self) -> str:  # pydicom and wsidicom label datasets with it
-        return str(self._source.path)
+        return self._source.name
 
     def readable(self) -> bool:
         return True
