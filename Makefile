@@ -17,7 +17,7 @@ ANNOTORIOUS_VENDOR := src/slidebank/web/static/vendor/annotorious
 ANNOTORIOUS_DIST := web/node_modules/@annotorious/openseadragon/dist
 DOCS_VENDOR := src/slidebank/web/static/vendor/docs
 
-.PHONY: system-deps install web demo serve test bench docs clean
+.PHONY: system-deps install web demo serve test bench bench-deps docs clean
 
 system-deps:
 	@missing=""; for package in $(SYSTEM_PACKAGES); do \
@@ -94,16 +94,20 @@ docs: install
 	$(BIN)/pdoc -o build/sdk-docs slidebank.client slidebank.patches
 	@echo "SDK reference: build/sdk-docs/index.html"
 
-bench: install
+# The benchmarks' peers: wrk and nginx from Debian, OpenSlide's Deep Zoom server and tiffslide from PyPI.
+bench-deps: install
 	sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; command -v wrk >/dev/null && command -v nginx >/dev/null \
 		|| ($$sudo apt-get update -qq && $$sudo apt-get install -y -qq wrk nginx)
 	$(BIN)/python -m pip install -q -e ".[test,bench]"
+
+bench: bench-deps
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/tiles.py
 	$(BIN)/python bench/regions.py
 	$(BIN)/python bench/process.py
 	$(BIN)/python bench/annotations.py
 	$(BIN)/python bench/dicomweb.py
+	$(BIN)/python bench/search.py
 
 clean:
 	rm -rf $(VENV) slidebank-data .pytest_cache web/node_modules $(OSD_VENDOR) $(ANNOTORIOUS_VENDOR) $(DOCS_VENDOR)

@@ -3,8 +3,10 @@
 One >= 1-gigapixel slide built from real H&E pixels (bench/ingest.py builds and caches it) is
 ingested into a fresh node; the three servers then answer the same list of random Deep Zoom tile
 paths across levels, loaded by `wrk` with many concurrent connections. nginx serves those very
-tiles, fetched once from Slidebank and written as files: the practical limit. Run from the
-repository root (needs wrk and nginx from Debian; `make bench` installs them):
+tiles, fetched once from Slidebank and written as files: the practical limit. Where Ceph's
+radosgw is installed (the tests' S3 server), a second node keeps its blobs in an S3 bucket and is
+loaded the same way: tiles/s from S3 against local disk. Run from the repository root (needs wrk
+and nginx from Debian; `make bench-deps` installs them):
 
     .venv/bin/python bench/tiles.py [--size-gpx 1.0] [--seconds 20] [--connections 64] [--workers N]
 """
@@ -12,6 +14,7 @@ repository root (needs wrk and nginx from Debian; `make bench` installs them):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import math
@@ -35,6 +38,9 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ingest import SOURCE, build_slide  # noqa: E402  (bench scripts are not a package)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from radosgw import RadosgwUnavailable, S3Server, radosgw_server  # noqa: E402  (the tests' S3 server)
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -114,6 +120,26 @@ def server(command: list[str], port: int, env: dict[str, str] | None = None) -> 
         process.wait(timeout=20)
 
 
+def node_with_slide(slide: Path, env: dict[str, str]) -> dict[str, str]:
+    """A fresh node holding the slide; the administrator's authorisation header."""
+    full = {**os.environ, **env}
+    subprocess.run([str(BIN / "slidebank"), "init"], env=full, check=True, capture_output=True)
+    subprocess.run([str(BIN / "slidebank"), "ingest", str(slide), "--slide-id", SLIDE_ID, "--json"],
+                   env=full, check=True, capture_output=True)
+    token = subprocess.run([str(BIN / "slidebank"), "tokens", "create", "admin"], env=full,
+                           check=True, capture_output=True, text=True).stdout.strip()
+    return {"Authorization": f"Bearer {token}"}  # every tile request is authenticated and checked
+
+
+def s3_server(stack: contextlib.ExitStack, console: Console) -> S3Server | None:
+    """The tests' S3 server (Ceph's radosgw), or None where Ceph is not installed."""
+    try:
+        return stack.enter_context(radosgw_server())
+    except RadosgwUnavailable as reason:
+        console.print(f"no S3 run: {reason}")
+        return None
+
+
 def tile_paths(width: int, height: int, tile: int, count: int, seed: int = 1) -> list[str]:
     """Random tiles over the levels a pathologist pans at (the 6 finest), each level equally often."""
     rng = random.Random(seed)
@@ -176,16 +202,11 @@ def main() -> None:
         console.print(f"building {width}x{height} slide from {SOURCE.name} …")
         build_slide(SOURCE, slide, width, height)
 
-    with tempfile.TemporaryDirectory(dir=args.workdir) as temporary:
+    with tempfile.TemporaryDirectory(dir=args.workdir) as temporary, contextlib.ExitStack() as stack:
         work = Path(temporary)
         work.chmod(0o755)  # nginx workers run as www-data and must reach the static tiles
         env = {"SLIDEBANK_HOME": str(work / "node")}
-        subprocess.run([str(BIN / "slidebank"), "init"], env={**os.environ, **env}, check=True, capture_output=True)
-        subprocess.run([str(BIN / "slidebank"), "ingest", str(slide), "--slide-id", SLIDE_ID, "--json"],
-                       env={**os.environ, **env}, check=True, capture_output=True)
-        token = subprocess.run([str(BIN / "slidebank"), "tokens", "create", "admin"], env={**os.environ, **env},
-                               check=True, capture_output=True, text=True).stdout.strip()
-        auth = {"Authorization": f"Bearer {token}"}  # every tile request is authenticated and checked
+        auth = node_with_slide(slide, env)
         results: dict[str, dict[str, float]] = {}
         port = free_port()
         with server([str(BIN / "slidebank"), "serve", "--port", str(port), "--workers", str(args.workers)],
@@ -204,6 +225,17 @@ def main() -> None:
                     target.write_bytes(client.get(path).raise_for_status().content)
             results["slidebank"] = load(port, paths_file, args.seconds, args.connections, work, auth)
             results["slidebank"]["rss_mib"] = tree_rss_mib(process.pid)
+
+        s3 = s3_server(stack, console)
+        if s3 is not None:
+            s3_env = {**s3.environment(), "SLIDEBANK_HOME": str(work / "node-s3"),
+                      "SLIDEBANK_STORE_URL": "s3://bench/tiles"}
+            s3_auth = node_with_slide(slide, s3_env)
+            port = free_port()
+            with server([str(BIN / "slidebank"), "serve", "--port", str(port), "--workers", str(args.workers)],
+                        port, s3_env) as process:
+                results["slidebank (S3)"] = load(port, paths_file, args.seconds, args.connections, work, s3_auth)
+                results["slidebank (S3)"]["rss_mib"] = tree_rss_mib(process.pid)
 
         port = free_port()
         gunicorn = [str(BIN / "gunicorn"), "-w", str(args.workers), "-b", f"127.0.0.1:{port}",
@@ -234,6 +266,9 @@ def main() -> None:
     gap = results["nginx"]["tiles_per_s"] / results["slidebank"]["tiles_per_s"]
     console.print(f"Slidebank / OpenSlide server: {speedup:.1f}x   (target >= 10x)")
     console.print(f"nginx / Slidebank: {gap:.2f}x   (target <= 3x)")
+    if "slidebank (S3)" in results:
+        console.print(f"Slidebank from S3 / from local disk: "
+                      f"{results['slidebank (S3)']['tiles_per_s'] / results['slidebank']['tiles_per_s']:.2f}x")
     out = ROOT / "bench" / "results" / f"tiles-{dt.date.today()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"slide": [width, height], "workers": args.workers, "cores": os.cpu_count(),
