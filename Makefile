@@ -86,8 +86,10 @@ demo: install
 serve: install
 	$(BIN)/slidebank serve --host $(HOST) --port $(PORT)
 
+# The suite on SQLite, then what touches a node's database again on PostgreSQL (tests/databases.py).
 test: install
 	$(BIN)/python -m pytest -n 2 --durations=15
+	SLIDEBANK_TEST_DATABASE=postgresql $(BIN)/python -m pytest -n 2 --durations=15
 
 # The SDK's reference (slidebank.client, slidebank.patches) as HTML, from its docstrings.
 docs: install

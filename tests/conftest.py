@@ -18,6 +18,8 @@ import httpx
 import pytest
 from sqlalchemy import Engine
 
+import databases
+from databases import database_env
 from postgres import PostgresUnavailable, create_database, postgres_cluster
 from radosgw import RadosgwUnavailable, S3Server, radosgw_server
 from slidebank.catalog import Catalog
@@ -46,8 +48,51 @@ CHROMIUM_ARGS = [
 LONGEST = "test_federated.py::test_three_nodes_train_one_model_and_share_no_pixels"
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: not item.nodeid.endswith(LONGEST))
+    if databases.POSTGRESQL:  # the PostgreSQL pass: what touches a node's database, once
+        kept = [item for item in items if not _sqlite_pass_only(item)]
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept
+
+
+def _sqlite_pass_only(item: pytest.Item) -> bool:
+    """Tests the PostgreSQL pass leaves out: those that open no node's database; those that run on
+    both databases in every pass already (parametrized by `catalog_url`); and the `slow` few whose
+    minutes go to something else than the database (multi-GB files, kills, federated training), to
+    keep CI within its time."""
+    return any(item.get_closest_marker(name) for name in ("no_database", "slow")) \
+        or "catalog_url" in getattr(item, "fixturenames", ())
+
+
+_modules_asking: dict[str, bool] = {}
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[object]:
+    before = databases.asked[0]
+    try:
+        return (yield)
+    finally:
+        module = item.nodeid.split("::")[0]
+        _modules_asking[module] = _modules_asking.get(module, False) or databases.asked[0] > before
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Modules whose tests never asked for a node's database (they belong in the `no_database` list),
+    written where the PostgreSQL pass's maintainer looks: test-artifacts/database-free-<worker>.txt."""
+    unmarked = sorted(m for m, asking in _modules_asking.items() if not asking)
+    if databases.POSTGRESQL and unmarked:
+        ARTIFACTS.mkdir(exist_ok=True)
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        (ARTIFACTS / f"database-free-{worker}.txt").write_text("\n".join(unmarked) + "\n")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def test_database_server(request: pytest.FixtureRequest) -> None:
+    """On the PostgreSQL pass, every node's database lives on this session's private cluster."""
+    if databases.POSTGRESQL:
+        databases.use_server(str(request.getfixturevalue("postgres_server")))
 
 
 @pytest.fixture
@@ -65,7 +110,7 @@ def node_home(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def node(node_home: Path) -> Iterator[Node]:
-    opened = Node(NodeSettings(home=node_home, database_url=f"sqlite:///{node_home / 'catalog.sqlite'}"))
+    opened = Node(NodeSettings(home=node_home, database_url=databases.database_url(node_home)))
     yield opened
     opened.close()
 
@@ -132,7 +177,7 @@ def run_cli(
 ) -> subprocess.CompletedProcess:
     """Run the real `slidebank` executable, as a user would (`env` adds to the environment)."""
     inherited = {k: v for k, v in os.environ.items() if k != "SLIDEBANK_DATABASE_URL"}  # `env` may set one
-    env = {**inherited, "SLIDEBANK_HOME": str(home), **(env or {})}
+    env = {**inherited, "SLIDEBANK_HOME": str(home), **database_env(home), **(env or {})}
     result = subprocess.run(
         [str(SLIDEBANK_BIN), *args], capture_output=True, text=True, env=env, timeout=timeout, check=False,
         input=stdin,
@@ -153,7 +198,7 @@ def running_server(home: Path, *extra: str, env: dict[str, str] | None = None) -
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     inherited = {k: v for k, v in os.environ.items() if k != "SLIDEBANK_DATABASE_URL"}  # `env` may set one
-    server_env = {**inherited, "SLIDEBANK_HOME": str(home), **(env or {})}
+    server_env = {**inherited, "SLIDEBANK_HOME": str(home), **database_env(home), **(env or {})}
     process = subprocess.Popen(
         [str(SLIDEBANK_BIN), "serve", "--host", "127.0.0.1", "--port", str(port), *extra],
         env=server_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,

@@ -134,3 +134,18 @@ def create_database(server_url: str, name: str | None = None) -> str:
     with psycopg.connect(host=host, port=port, user="postgres", dbname="postgres", autocommit=True) as connection:
         connection.execute(f'CREATE DATABASE "{name}"')  # name is ours: letters, digits, underscore
     return f"postgresql+psycopg://postgres@/{name}?host={host}&port={port}"
+
+
+def dump(url: str) -> bytes:
+    """The database as SQL (pg_dump, plain format): its every row, for restores and for searching."""
+    host, port, name = _parts(url)
+    return subprocess.run([str(find_binaries() / "pg_dump"), "-h", host, "-p", str(port), "-U", "postgres",
+                           "--no-owner", name], capture_output=True, timeout=120, check=True).stdout
+
+
+def dump_restore(source_url: str, target_url: str) -> None:
+    """Copy one database into another (empty) one on the same server: pg_dump piped into psql."""
+    host, port, target = _parts(target_url)
+    subprocess.run([str(find_binaries() / "psql"), "-h", host, "-p", str(port), "-U", "postgres", "-q",
+                    "-v", "ON_ERROR_STOP=1", "-d", target], input=dump(source_url), capture_output=True,
+                   timeout=120, check=True)

@@ -10,7 +10,6 @@ import re
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -23,10 +22,15 @@ from urllib.parse import urlsplit
 import httpx
 import pydicom
 import pytest
+from sqlalchemy import delete, insert, select
 
 from conftest import json_lines, open_dataset, run_cli, running_server
+from databases import catalog_sql, copy_database, in_seconds, open_node
 from slidebank.api.app import create_app
+from slidebank.db.models import AuditEvent
 from slidebank.node import Node
+
+AUDIT = AuditEvent.__table__
 
 PATH_VALUES = {
     "level": "0", "col": "0", "row": "0", "extension": "jpeg", "region": "full", "size": "max", "rotation": "0",
@@ -96,7 +100,7 @@ def documented_get_routes(site: Site) -> list[str]:
 @functools.cache
 def dicom_uids(slide_id: str, home: Path) -> dict[str, str]:
     """The study, series and level-0 instance UIDs of a slide, for the DICOMweb routes."""
-    node = Node.open(home)
+    node = open_node(home)
     try:
         [base] = [f for f in node.volume_files(slide_id) if f.level == 0]
         blob = node.open_blob(base)
@@ -169,8 +173,8 @@ def test_bad_tokens_are_refused(site: Site) -> None:
     assert run_cli("tokens", "revoke", token, home=site.home).returncode == 0  # revoked: refused at once
     assert httpx.get(f"{site.base}/api/me", headers={"Authorization": f"Bearer {token}"}).status_code == 401
     soon = run_cli("tokens", "create", "bob", "--label", "soon", home=site.home, check=True).stdout.strip()
-    with sqlite3.connect(site.home / "catalog.sqlite") as db:  # its time runs out two seconds from now
-        db.execute("UPDATE api_tokens SET expires_at = datetime('now', '+2 seconds') WHERE label = 'soon'")
+    with catalog_sql(site.home) as sql:  # its time runs out two seconds from now
+        sql.exec_driver_sql(f"UPDATE api_tokens SET expires_at = {in_seconds(2)} WHERE label = 'soon'")
     assert httpx.get(f"{site.base}/api/me", headers={"Authorization": f"Bearer {soon}"}).status_code == 200
     time.sleep(2.5)  # cached, but not past its expiry
     assert httpx.get(f"{site.base}/api/me", headers={"Authorization": f"Bearer {soon}"}).status_code == 401
@@ -214,23 +218,23 @@ def test_reads_are_audited_and_the_chain_detects_tampering(site: Site) -> None:
         assert dac.get("/api/audit", params={"dataset": "public"}).status_code == 403
     assert run_cli("audit", "verify", home=site.home).returncode == 0
 
-    database = site.home / "catalog.sqlite"
-    backup = database.read_bytes()
+    with catalog_sql(site.home) as sql:
+        backup = [dict(row) for row in sql.execute(select(AUDIT)).mappings()]
     for tamper in (
         "UPDATE audit_events SET actor = 'nobody' WHERE id = 3",
         "DELETE FROM audit_events WHERE id = 2",
         "UPDATE audit_events SET id = -1 WHERE id = 2; UPDATE audit_events SET id = 2 WHERE id = 3;"
         "UPDATE audit_events SET id = 3 WHERE id = -1",  # two entries swapped
     ):
-        with sqlite3.connect(database) as db:
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            db.executescript(tamper)
+        with catalog_sql(site.home) as sql:
+            for statement in tamper.split(";"):
+                sql.exec_driver_sql(statement)
         verdict = run_cli("audit", "verify", "--json", home=site.home)
         assert verdict.returncode == 1, tamper
         assert json_lines(verdict.stdout)[0]["first_bad_id"] in (2, 3), tamper
-        with sqlite3.connect(database) as db:
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        database.write_bytes(backup)
+        with catalog_sql(site.home) as sql:  # the chain as it was
+            sql.execute(delete(AUDIT))
+            sql.execute(insert(AUDIT), backup)
     assert run_cli("audit", "verify", home=site.home).returncode == 0
 
 
@@ -280,9 +284,7 @@ def fuzzed_site(site: Site, tmp_path: Path) -> Iterator[str]:
     revokes grants and locks its address out of logging in, as it should be able to."""
     clone = tmp_path / "node"
     shutil.copytree(site.home, clone, ignore=shutil.ignore_patterns("catalog.sqlite*"))
-    with contextlib.closing(sqlite3.connect(site.home / "catalog.sqlite")) as source, \
-            contextlib.closing(sqlite3.connect(clone / "catalog.sqlite")) as copy:
-        source.backup(copy)  # consistent while the site's server writes
+    copy_database(site.home, clone)  # consistent while the site's server writes
     with running_server(clone) as base:
         yield base
 

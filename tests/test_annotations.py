@@ -14,6 +14,7 @@ import pytest
 from shapely.geometry import box, shape
 
 from conftest import json_lines, open_dataset, run_cli, running_server
+from databases import open_node
 
 # What QuPath 0.5 writes ("Export objects as GeoJSON", pretty-printed, FeatureCollection): ids are
 # UUIDs, classification carries name and RGB colour, objectType says annotation/detection.
@@ -152,9 +153,8 @@ def test_viewport_queries_and_density_agree_with_a_brute_force_scan(site: Site) 
     from slidebank.access.principal import operator
     from slidebank.annotations.geojson import parse_document
     from slidebank.annotations.service import Viewport
-    from slidebank.node import Node, NodeSettings
 
-    node = Node(NodeSettings(home=site.home, database_url=f"sqlite:///{site.home / 'catalog.sqlite'}"))
+    node = open_node(site.home)
     try:
         slide = node.catalog.list_slides()[0]["slide_id"]
         features = random_features(3000, seed=5)

@@ -8,6 +8,10 @@ import ast
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.no_database  # opens no node's catalog: the PostgreSQL pass leaves it out
+
 SOURCE = Path(__file__).resolve().parents[1] / "src" / "slidebank"
 
 # Top to bottom. A package may import only packages of layers below its own.

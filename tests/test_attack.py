@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from conftest import json_lines, run_cli
+from databases import open_node
 from slidebank.access.principal import operator
 from slidebank.node import Node
 
@@ -35,7 +36,7 @@ def attack(tmp_path_factory: pytest.TempPathFactory, generic_slide) -> Iterator[
     home = tmp_path_factory.mktemp("attack") / "node"
     [slide] = json_lines(run_cli("ingest", str(generic_slide.path), "--dataset", "study", "--json", "--no-qc",
                                  home=home, check=True).stdout)
-    node = Node.open(home)
+    node = open_node(home)
     me = operator()
     for name, role in (("dac", "dac_member"), ("dac2", "dac_member"), ("ana", "researcher"), ("ben", "researcher")):
         node.identities.add_user(me, name, role)

@@ -8,7 +8,6 @@ import json
 import math
 import random
 import re
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +16,10 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from sqlalchemy import text
 
 from conftest import ARTIFACTS, CHROMIUM, json_lines, open_dataset, run_cli, running_server
+from databases import catalog_sql
 
 PASSWORD = "annotate the margins"
 LOADED = ("window.slidebankViewer && window.slidebankViewer.world.getItemCount() === 1 "
@@ -58,8 +59,9 @@ def site(tmp_path_factory: pytest.TempPathFactory, aperio_slide) -> Iterator[Sit
     [unknown] = json_lines(run_cli("ingest", str(unsized), "--json", "--dataset", "breast", home=home,
                                    check=True).stdout)
     # As ingest will catalog a scan that does not say its pixel size (until it does so itself).
-    with sqlite3.connect(home / "catalog.sqlite") as catalog:
-        catalog.execute("UPDATE images SET mpp_x = NULL, mpp_y = NULL WHERE slide_id = ?", (unknown["slide_id"],))
+    with catalog_sql(home) as sql:
+        sql.execute(text("UPDATE images SET mpp_x = NULL, mpp_y = NULL WHERE slide_id = :slide"),
+                    {"slide": unknown["slide_id"]})
     for name, role in (("ana", "researcher"), ("ada", "administrator")):
         run_cli("users", "add", name, "--role", role, "--password-stdin", home=home, check=True, stdin=PASSWORD + "\n")
     token = run_cli("tokens", "create", "ana", home=home, check=True).stdout.strip().splitlines()[-1]

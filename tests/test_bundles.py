@@ -19,7 +19,7 @@ import pytest
 from lxml import etree
 
 from conftest import REPO, json_lines, run_cli
-from slidebank.node import Node
+from databases import open_node
 from slidebank.slides.stored import open_stored_slide
 
 XSD = Path(os.environ.get("SLIDEBANK_METAFLEX_XSD", REPO.parent / "shared" / "bigpicture-metaflex"))
@@ -156,7 +156,7 @@ def graph(bundle: Path) -> dict[str, Any]:
 
 def frame_digests(home: Path, slide_id: str) -> list[str]:
     """SHA-256 of every stored frame, level by level: the pixels as stored."""
-    node = Node.open(home)
+    node = open_node(home)
     slide = open_stored_slide(node.catalog, node.open_blob, slide_id)
     try:
         digests = []

@@ -31,13 +31,13 @@ from sqlalchemy import delete, select
 from wsidicom import WsiDicom, WsiDicomWebClient
 
 from conftest import json_lines, run_cli, running_server
+from databases import open_node
 from orthanc import OrthancUnavailable, RunningOrthanc, running_orthanc
 from slidebank.access.principal import operator
 from slidebank.api.frames import multipart_related
 from slidebank.db.models import DicomInstance
 from slidebank.db.models import Image as ImageRow
 from slidebank.dicomweb.negotiation import NotAcceptable, frame_answer, media_ranges
-from slidebank.node import Node
 from slidebank.slides.frames import FrameDecoder
 from slidebank.slides.stored import export_volumes, index_stored_instances, open_stored_slide
 from slidebank.synth import modalities
@@ -69,7 +69,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, aperio_slide, generic_slide) 
     folder = tmp_path_factory.mktemp("dicomweb")
     home = folder / "node"
     run_cli("init", home=home, check=True)
-    node, me = Node.open(home), operator()
+    node, me = open_node(home), operator()
     try:
         for name, role in PEOPLE.items():
             node.identities.add_user(me, name, role)
@@ -90,7 +90,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, aperio_slide, generic_slide) 
                                   "--workers", "2", "--json", "--no-qc", home=home, check=True).stdout)
     by_name = {Path(outcome["path"]).name: outcome["slide_id"] for outcome in outcomes}
     slides = {kind: by_name[path.name] for kind, (path, _) in sources.items()}
-    node = Node.open(home)
+    node = open_node(home)
     try:
         alice = node.identities.principal_for_user("alice")
         request = node.governance.request_access(alice, "restricted", "A viewer")
@@ -213,7 +213,7 @@ def test_instances_frames_and_metadata_round_trip(site: Site) -> None:
     study = alice.retrieve_study(ids[0])
     assert {str(d.SOPInstanceUID) for d in study} == {str(headers_of(p).SOPInstanceUID) for p in site.exported["jpeg"]}
 
-    node = Node.open(site.home)
+    node = open_node(site.home)
     slide = open_stored_slide(node.catalog, node.open_blob, site.slides["jpeg"])
     try:
         columns, _ = slide.tile_grid(0)
@@ -502,7 +502,7 @@ def test_slides_are_pushed_to_and_pulled_from_an_archive(site: Site, orthanc: Ru
                                   home=fresh, check=True).stdout)
     assert [o["status"] for o in outcomes] == ["ingested", "ingested"]
     assert not list((fresh / "uploads").glob("*/*"))  # what was retrieved went once stored
-    origin, pulled = Node.open(site.home), Node.open(fresh)
+    origin, pulled = open_node(site.home), open_node(fresh)
     try:
         for kind in ("open", "jpeg"):
             original = open_stored_slide(origin.catalog, origin.open_blob, site.slides[kind])
@@ -531,7 +531,7 @@ def test_slides_are_pushed_to_and_pulled_from_an_archive(site: Site, orthanc: Ru
 
 
 def test_slides_stored_before_dicomweb_are_indexed_from_their_files(site: Site, tmp_path: Path) -> None:
-    node = Node.open(site.home)
+    node = open_node(site.home)
     try:
         with node.uow.read() as session:
             before = {row.sop_instance_uid: row.series_uid for row in session.scalars(select(DicomInstance))}

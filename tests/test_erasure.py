@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import sqlite3
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from conftest import json_lines, run_cli, running_server
+from databases import catalog_bytes, catalog_sql
+from slidebank.db.models import JobTask
 
 
 def ingest_for(home: Path, slide: Path, subject: str, folder: Path) -> dict:
@@ -47,9 +49,10 @@ def test_erase_subject_leaves_no_readable_byte_and_keeps_the_rest(tmp_path: Path
     report = json_lines(run_cli("erase", "--subject", erased["subject"], "--json", home=home, check=True).stdout)[0]
     assert report == {"images": 1, "blobs_deleted": len(files), "datasets": ["study"]}
     assert not any(path.exists() for path in blob_paths)
-    with sqlite3.connect(home / "catalog.sqlite") as catalog:  # DICOMweb's index: nothing left to search or serve
-        indexed = dict(catalog.execute("SELECT images.slide_id, COUNT(*) FROM dicom_instances "
-                                       "JOIN images ON images.id = dicom_instances.image_id GROUP BY images.slide_id"))
+    with catalog_sql(home) as sql:  # DICOMweb's index: nothing left to search or serve
+        indexed = {slide: n for slide, n in sql.exec_driver_sql(
+            "SELECT images.slide_id, COUNT(*) FROM dicom_instances JOIN images ON images.id = dicom_instances.image_id "
+            "GROUP BY images.slide_id")}
     assert erased["slide_id"] not in indexed and indexed[kept["slide_id"]] == len(kept["files"]) - 1
     remaining = stored_bytes(home)
     assert remaining and not any(needle in remaining for needle in needles)
@@ -57,12 +60,12 @@ def test_erase_subject_leaves_no_readable_byte_and_keeps_the_rest(tmp_path: Path
     assert [s["slide_id"] for s in slides] == [kept["slide_id"]]
     assert run_cli("slides", "show", erased["slide_id"], "--json", home=home).returncode != 0
     run_cli("export", kept["slide_id"], "--to", str(tmp_path / "out"), home=home, check=True)  # the other is whole
-    with sqlite3.connect(home / "catalog.sqlite") as db:  # derived results went too (QC ran at ingest)
-        assert db.execute("SELECT count(*) FROM annotation_features").fetchone() == (0,)
-        assert db.execute("SELECT count(DISTINCT image_id) FROM heatmaps").fetchone() == (1,)
-        assert db.execute("SELECT count(DISTINCT image_id) FROM slide_facts").fetchone() == (1,)
-        summaries = dict(db.execute("SELECT slide_id, summary FROM job_tasks").fetchall())
-    assert json.loads(summaries[erased["slide_id"]]) == {} and json.loads(summaries[kept["slide_id"]])["values"]
+    with catalog_sql(home) as sql:  # derived results went too (QC ran at ingest)
+        assert sql.exec_driver_sql("SELECT count(*) FROM annotation_features").scalar() == 0
+        assert sql.exec_driver_sql("SELECT count(DISTINCT image_id) FROM heatmaps").scalar() == 1
+        assert sql.exec_driver_sql("SELECT count(DISTINCT image_id) FROM slide_facts").scalar() == 1
+        summaries = {slide: summary for slide, summary in sql.execute(select(JobTask.slide_id, JobTask.summary))}
+    assert summaries[erased["slide_id"]] == {} and summaries[kept["slide_id"]]["values"]
 
     entries = json_lines(run_cli("audit", "show", "--json", home=home, check=True).stdout)
     assert any(e["action"] == "subject.erase" and e["detail"]["images"] == 1 for e in entries)
@@ -112,6 +115,6 @@ def test_pseudonym_map_is_kept_only_when_configured_and_only_encrypted(
     kept = ingest_for(home, copy, "MRN-55509999", tmp_path / "b")
     revealed = run_cli("pseudonyms", "reveal", kept["subject"], home=home, check=True).stdout.strip()
     assert revealed == "MRN-55509999"
-    assert b"MRN-5550" not in (home / "catalog.sqlite").read_bytes(), "identifiers are stored sealed"
+    assert b"MRN-5550" not in catalog_bytes(home), "identifiers are stored sealed"
     run_cli("erase", "--subject", kept["subject"], home=home, check=True)
     assert run_cli("pseudonyms", "reveal", kept["subject"], home=home).returncode != 0  # erased with the subject

@@ -381,6 +381,7 @@ def check_secure_aggregation_with_clipping_trains_on_every_node(federation: Fede
 
 
 @needs_flower
+@pytest.mark.slow
 def test_three_nodes_train_one_model_and_share_no_pixels(tmp_path: Path) -> None:
     """One federation (setting it up is most of the cost), every claim checked on it in turn."""
     with three_node_federation(tmp_path) as federation:
@@ -393,6 +394,7 @@ def test_three_nodes_train_one_model_and_share_no_pixels(tmp_path: Path) -> None
 
 
 @needs_flower
+@pytest.mark.slow
 def test_coordinator_and_node_talk_tls(tmp_path: Path) -> None:
     """The consortium CA from `federated certificates`: the node and `run` check the coordinator's
     certificate, and nothing readable passes between them."""

@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 from conftest import json_lines, run_cli, running_server
+from databases import open_node
 
 ROLES = {"dac": "dac_member", "dac2": "dac_member", "bob": "researcher", "carl": "researcher",
          "steward": "data_steward", "root": "administrator"}
@@ -229,9 +230,8 @@ def test_the_gatekeeper_caches_stay_whole_under_threads(tmp_path: Path) -> None:
     """Many threads resolve principals and read slides while grants come and go (each a new version)."""
     from slidebank.access.principal import operator
     from slidebank.api.security import Gatekeeper
-    from slidebank.node import Node
 
-    node = Node.open(tmp_path / "node")
+    node = open_node(tmp_path / "node")
     try:
         node.identities.add_user(operator(), "t", "researcher")
         token, _ = node.identities.create_token(operator(), "t")

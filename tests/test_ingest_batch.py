@@ -18,8 +18,8 @@ import pytest
 
 import watchdog_tasks as tasks
 from conftest import json_lines, run_cli
+from databases import open_node
 from slidebank.ingest.watchdog import Failed, Finished, Limits, SupervisedPool
-from slidebank.node import Node, NodeSettings
 from slidebank.storage import sha256_file
 from slidebank.synth import modalities as m
 
@@ -78,7 +78,7 @@ def test_a_batch_with_a_hanging_a_deep_a_fluorescence_and_a_truncated_file(batch
     assert not psutil.pid_exists(hung)
 
     # Nothing of the hung slide stays: no catalog row, no blob, nothing staged, no temporary files.
-    node = Node(NodeSettings(home=home, database_url=f"sqlite:///{home / 'catalog.sqlite'}"))
+    node = open_node(home)
     try:
         assert {slide["slide_id"] for slide in node.catalog.list_slides()} == ingested
         assert node.catalog.slide_id_for_source(sha256_file(batch / "a-hang-in-the-writer.svs").sha256) is None

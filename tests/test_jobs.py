@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from conftest import SLIDEBANK_BIN, json_lines, open_dataset, run_cli
+from databases import database_env
 
 PLUGINS = Path(__file__).parent / "plugins"
 PROCESSES = {"SLIDEBANK_DASK_PROCESSES": "1", "SLIDEBANK_DASK_WORKERS": "2"}
@@ -184,7 +185,7 @@ def test_grants_are_checked_and_processing_is_audited(jobs_home: tuple[Path, lis
 
 def test_cancel_stops_a_running_job(jobs_home: tuple[Path, list[str]], plugin_path: str) -> None:
     home, slides = jobs_home
-    env = {**os.environ, "SLIDEBANK_HOME": str(home), "PYTHONPATH": plugin_path}
+    env = {**os.environ, "SLIDEBANK_HOME": str(home), **database_env(home), "PYTHONPATH": plugin_path}
     runner = subprocess.Popen([str(SLIDEBANK_BIN), "run", "sleepy", "--slide", slides[1], "--param", "seconds=120",
                                "--wait", "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -221,8 +222,8 @@ def server_factory(jobs_home: tuple[Path, list[str]], plugin_path: str) -> Itera
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-        env = {**os.environ, "SLIDEBANK_HOME": str(home), "PYTHONPATH": plugin_path, "SLIDEBANK_DASK_WORKERS": "1",
-               **extra_env}
+        env = {**os.environ, "SLIDEBANK_HOME": str(home), **database_env(home), "PYTHONPATH": plugin_path,
+               "SLIDEBANK_DASK_WORKERS": "1", **extra_env}
         process = subprocess.Popen([str(SLIDEBANK_BIN), "serve", "--host", "127.0.0.1", "--port", str(port)],
                                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         started.append(process)

@@ -30,6 +30,7 @@ from wsidicom.codec import Channels, Encoder, Jpeg2kSettings, JpegLsSettings, Nu
 
 from slidebank.synth import modalities as m
 
+pytestmark = pytest.mark.no_database  # opens no node's catalog: the PostgreSQL pass leaves it out
 
 def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
     mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())

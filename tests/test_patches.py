@@ -17,8 +17,8 @@ from PIL import Image
 from shapely.geometry import Polygon, box
 
 from conftest import json_lines, run_cli, running_server
+from databases import open_node
 from slidebank.client import Client
-from slidebank.node import Node
 from slidebank.slides.reader import StoredSlide
 from slidebank.slides.stored import open_stored_slide
 
@@ -75,7 +75,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, aperio_slide) -> Iterator[Sit
 
 @pytest.fixture(scope="module")
 def stored(site: Site) -> Iterator[StoredSlide]:
-    node = Node.open(site.home)
+    node = open_node(site.home)
     reader = open_stored_slide(node.catalog, node.open_blob, site.slide)
     yield reader
     reader.close()

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import json_lines, open_dataset, run_cli
-from slidebank.node import Node, NodeSettings
+from databases import open_node
 from slidebank.synth import tissue_mask, write_synthetic_slide
 
 BLURRED_UNTIL_X = 3000  # the left half of the 6000-pixel-wide blurred slide is out of focus
@@ -36,10 +36,6 @@ def qc_node(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
     return home, ids
 
 
-def open_node(home: Path) -> Node:
-    return Node(NodeSettings(home=home, database_url=f"sqlite:///{home / 'catalog.sqlite'}"), migrate=False)
-
-
 def show(home: Path, slide_id: str) -> dict:
     return json.loads(run_cli("slides", "show", slide_id, "--json", home=home, check=True).stdout)
 
@@ -50,7 +46,7 @@ def test_tissue_mask_matches_the_known_mask(qc_node: tuple[Path, dict[str, str]]
     from slidebank.slides.stored import open_stored_slide
 
     home, ids = qc_node
-    node = open_node(home)
+    node = open_node(home, migrate=False)
     try:
         with open_stored_slide(node.catalog, node.open_blob, ids["sharp"]) as slide:
             reader = SlideReader(slide, ids["sharp"])
@@ -73,7 +69,7 @@ def test_blurred_region_is_found_and_the_slide_flagged(qc_node: tuple[Path, dict
     assert blurred["passed"] == 0 and "out of focus" in blurred["flags"]
     # The blur heatmap: one cell per focus tile; cells wholly inside the blurred half score high,
     # cells wholly outside it score low (inferno: bright for 1, dark for 0; transparent off tissue).
-    node = open_node(home)
+    node = open_node(home, migrate=False)
     try:
         from slidebank.storage.crypt import unseal
 
@@ -108,7 +104,7 @@ def test_facts_are_searchable_and_failing_slides_reach_the_steward(qc_node: tupl
     assert where("qc.tissue_area_mm2 > 0.1 and stain.hematoxylin_mean > 0") == set(ids.values())
     refused = run_cli("search", "--where", "qc.blur_fraction <<< 1", home=home)
     assert refused.returncode == 2 and "cannot read condition" in refused.stderr
-    node = open_node(home)
+    node = open_node(home, migrate=False)
     try:
         notices = node.notifications.of(node.identities.principal_for_user("steward"))
     finally:

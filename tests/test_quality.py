@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.no_database  # opens no node's catalog: the PostgreSQL pass leaves it out
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 

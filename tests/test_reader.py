@@ -24,7 +24,7 @@ from pydicom.encaps import encapsulate, generate_frames
 from wsidicom import WsiDicom
 
 from conftest import json_lines, run_cli
-from slidebank.node import Node
+from databases import open_node
 from slidebank.slides.reader import (
     PROPERTY_NAME_MPP_X,
     PROPERTY_NAME_MPP_Y,
@@ -42,7 +42,7 @@ class Stored:
     source: Path
 
     def blobs(self) -> list[BlobFile]:
-        node = Node.open(self.home)
+        node = open_node(self.home)
         try:
             return [node.open_blob(f) for f in node.catalog.stored_files(self.slide_id) if f.role == "volume"]
         finally:

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from conftest import SLIDEBANK_BIN, json_lines, run_cli
-from slidebank.node import Node
+from databases import database_env, open_node
 
 
 def _assert_consistent(home: Path) -> int:
     """Every blob the catalog references exists, decrypts and hashes right; returns the number of slides."""
-    node = Node.open(home)
+    node = open_node(home)
     try:
         for summary in node.catalog.list_slides():
             for stored in node.catalog.stored_files(summary["slide_id"]):
@@ -44,7 +44,7 @@ def test_sigkill_at_several_points_leaves_a_consistent_store_and_resumes(tmp_pat
     for seed in range(4):
         write_synthetic_slide(folder / f"s{seed}.svs", 2500 + 100 * seed, 2000, vendor="aperio", seed=seed + 20)
     home = tmp_path / "node"
-    env = {**os.environ, "SLIDEBANK_HOME": str(home)}
+    env = {**os.environ, "SLIDEBANK_HOME": str(home), **database_env(home)}
 
     started = time.monotonic()
     reference = run_cli("ingest", str(folder), "--json", home=tmp_path / "reference", check=True)
@@ -65,7 +65,7 @@ def test_sigkill_at_several_points_leaves_a_consistent_store_and_resumes(tmp_pat
     assert final.returncode == 0, final.stderr
     assert {line["status"] for line in json_lines(final.stdout)} <= {"ingested", "duplicate"}
     assert _assert_consistent(home) == 4
-    node = Node.open(home)
+    node = open_node(home)
     try:
         referenced = node.catalog.referenced_blobs()
         assert set(node.store.iter_blobs()) == referenced, "orphan blobs were not cleaned up"

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from conftest import json_lines, open_dataset, run_cli, running_server
+from databases import open_node, point_environment_at
 from slidebank.client import (
     BadRequest,
     Client,
@@ -26,7 +27,6 @@ from slidebank.client import (
     ServerUnreachable,
     TokenRejected,
 )
-from slidebank.node import Node
 from slidebank.slides.reader import StoredSlide
 from slidebank.slides.stored import open_stored_slide
 from slidebank.synth import modalities
@@ -76,7 +76,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, aperio_slide, generic_slide) 
 @pytest.fixture(scope="module")
 def stored(site: Site) -> Iterator[dict[str, StoredSlide]]:
     """The node's own reader of each slide: what the SDK must reproduce exactly."""
-    node = Node.open(site.home)
+    node = open_node(site.home)
     readers = {kind: open_stored_slide(node.catalog, node.open_blob, slide) for kind, slide in site.slides.items()}
     yield readers
     for reader in readers.values():
@@ -237,7 +237,9 @@ def test_transient_failures_are_retried_with_back_off() -> None:
         server.server_close()
 
 
-def test_the_local_client_goes_through_the_same_gatekeeper(site: Site, stored: dict[str, StoredSlide]) -> None:
+def test_the_local_client_goes_through_the_same_gatekeeper(site: Site, stored: dict[str, StoredSlide],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    point_environment_at(site.home, monkeypatch)
     with Client.local(site.home, user="alice") as bank:
         assert bank.me()["name"] == "alice"
         slide = bank.open(site.slides["jpeg"])
@@ -276,9 +278,11 @@ def real_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, 
 
 
 @pytest.mark.parametrize("name", REAL_SLIDES)
-def test_real_slides_read_exactly_through_the_sdk(real_node: tuple[Path, dict[str, str]], name: str) -> None:
+def test_real_slides_read_exactly_through_the_sdk(real_node: tuple[Path, dict[str, str]], name: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     home, slides = real_node
-    node = Node.open(home)
+    point_environment_at(home, monkeypatch)
+    node = open_node(home)
     try:
         reference = open_stored_slide(node.catalog, node.open_blob, slides[name])
         with Client.local(home) as bank, bank.open(slides[name]) as slide:
@@ -334,6 +338,7 @@ def test_large_tiles_mean_fewer_frames_per_answer(site: Site, stored: dict[str, 
     tile_width, tile_height = stored["jpeg"].level_tile_dimensions[0]
     monkeypatch.setattr(slidebank.api.frames, "MAX_FRAME_PIXELS", 16 * tile_width * tile_height)
     slide_id = site.slides["jpeg"]
+    point_environment_at(site.home, monkeypatch)
     with Client.local(site.home, user="alice", cache_mb=0) as bank, bank.open(slide_id) as slide:
         assert slide._max_frames == 16
         whole = slide.read_region_array((0, 0), 0, slide.dimensions)  # 130 frames: batches of at most 16

@@ -10,6 +10,7 @@ import pytest
 from slidebank.catalog.records import SlideDescription
 from slidebank.ingest.sidecar import SidecarError, load_sidecar
 
+pytestmark = pytest.mark.no_database  # opens no node's catalog: the PostgreSQL pass leaves it out
 
 def write(path: Path, content: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,8 @@ from slidebank.synth import (
     write_synthetic_slide,
 )
 
+pytestmark = pytest.mark.no_database  # opens no node's catalog: the PostgreSQL pass leaves it out
+
 APERIO_SIZE = (3000, 2400)
 APERIO_SEED = 7
 GENERIC_SIZE = (1500, 1100)

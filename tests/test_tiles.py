@@ -18,7 +18,7 @@ import tifffile
 from PIL import Image
 
 from conftest import json_lines, open_dataset, open_wsidicom, run_cli, running_server
-from slidebank.node import Node
+from databases import open_node
 
 # The official validator's test image: 10×10 squares of 100 px in colours it knows.
 VALIDATOR_ID = "67352ccc-d1b0-11e1-89ae-279075081939"
@@ -80,7 +80,7 @@ def dzi_geometry(served: Served) -> tuple[int, int, int, int]:
 
 def test_deepzoom_serves_stored_tiles_byte_for_byte(served: Served) -> None:
     width, height, tile, top = dzi_geometry(served)
-    node = Node.open(served.home)
+    node = open_node(served.home)
     with open_wsidicom(node, served.slide_id) as stored, openslide.OpenSlide(served.source) as original:
         assert (width, height) == original.dimensions
         assert tile == stored.tile_size.width

@@ -6,7 +6,6 @@ inside the very transaction of the change."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
@@ -17,8 +16,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy.exc import DatabaseError
 
 from conftest import json_lines, run_cli
+from databases import allow_inserts, catalog_sql, open_node, refuse_inserts
 from slidebank.access.principal import operator
-from slidebank.node import Node, NodeSettings
+from slidebank.node import Node
 
 
 @pytest.fixture
@@ -32,25 +32,22 @@ def node(tmp_path: Path, generic_slide) -> Iterator[Node]:  # noqa: ANN001
     sidecar = tmp_path / "meta.csv"
     sidecar.write_text(f"file,subject,dataset\n{generic_slide.path.name},PATIENT-1,study\n")
     run_cli("ingest", str(generic_slide.path), "--metadata", str(sidecar), "--no-qc", home=home, check=True)
-    opened = Node(NodeSettings(home=home, database_url=f"sqlite:///{home / 'catalog.sqlite'}"))
+    opened = open_node(home)
     yield opened
     opened.close()
 
 
 def refuse_audit(node: Node, action: str) -> None:
-    with sqlite3.connect(node.settings.home / "catalog.sqlite") as db:
-        db.execute(f"CREATE TRIGGER refuse BEFORE INSERT ON audit_events WHEN NEW.action = '{action}' "
-                   "BEGIN SELECT RAISE(ABORT, 'audit unavailable'); END")
+    refuse_inserts(node.settings.home, "audit_events", "audit unavailable", f"NEW.action = '{action}'")
 
 
 def allow_audit(node: Node) -> None:
-    with sqlite3.connect(node.settings.home / "catalog.sqlite") as db:
-        db.execute("DROP TRIGGER refuse")
+    allow_inserts(node.settings.home, "audit_events")
 
 
-def count(node: Node, table: str, where: str = "1") -> int:
-    with sqlite3.connect(node.settings.home / "catalog.sqlite") as db:
-        return int(db.execute(f"SELECT count(*) FROM {table} WHERE {where}").fetchone()[0])
+def count(node: Node, table: str, where: str = "1 = 1") -> int:
+    with catalog_sql(node.settings.home) as sql:
+        return int(sql.exec_driver_sql(f"SELECT count(*) FROM {table} WHERE {where}").scalar_one())
 
 
 def test_an_approval_that_cannot_be_audited_does_not_happen(node: Node) -> None:
@@ -113,8 +110,7 @@ def test_a_jobs_results_replace_the_previous_ones_at_once(node: Node) -> None:
 
     run(0.1)
     before = (count(node, "annotation_features"), node.catalog.facts(slide_id), count(node, "heatmaps"))
-    with sqlite3.connect(node.settings.home / "catalog.sqlite") as db:
-        db.execute("CREATE TRIGGER refuse BEFORE INSERT ON heatmaps BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+    refuse_inserts(node.settings.home, "heatmaps", "disk full")
     with pytest.raises(DatabaseError, match="disk full"):
         run(0.9)
     after = (count(node, "annotation_features"), node.catalog.facts(slide_id), count(node, "heatmaps"))

@@ -17,6 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from conftest import json_lines, run_cli
+from databases import open_node
 from slidebank.access.principal import operator
 from slidebank.annotations.geojson import parse_document
 from slidebank.api.frames import multipart_related
@@ -156,7 +157,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, generic_slide, aperio_slide)
     ingested = json_lines(run_cli("ingest", str(generic_slide.path), str(aperio_slide.path), "--dataset", "closed",
                                   "--metadata", str(sidecar), "--json", "--no-qc", home=home, check=True).stdout)
     by_file = {Path(i["path"]).name: i["slide_id"] for i in ingested}
-    node = Node.open(home)
+    node = open_node(home)
     me = operator()
     for name, role in ROLES.items():
         node.identities.add_user(me, name, role)

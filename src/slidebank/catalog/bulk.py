@@ -65,7 +65,7 @@ from slidebank.db.models import (
     block_specimens,
     slide_stainings,
 )
-from slidebank.db.rows import among, insert_rows
+from slidebank.db.rows import allocate_ids, among, insert_rows
 
 BATCH = 5_000
 LOOKUP = 5_000  # keys per lookup (an array on PostgreSQL, an IN list on SQLite: under its 32,766 parameters)
@@ -161,29 +161,23 @@ def _register_batch(session: Session, group: list[IngestedSlide]) -> list[str]:
         glasses.append(glass)
     graph.write()
 
-    image_rows = [image_values(s, datasets[s.description.dataset], graph.id_of(Slide, g))
-                  for s, g in zip(slides, glasses, strict=True)]
-    insert_rows(session, Image, image_rows)
-    by_slide_id = _lookup(session, Image.slide_id, Image.id, [s.slide_id for s in slides])
-    image_ids = [by_slide_id[s.slide_id] for s in slides]
+    image_ids = allocate_ids(session, Image, len(slides))
+    insert_rows(session, Image, [
+        {"id": image_id, **image_values(s, datasets[s.description.dataset], graph.id_of(Slide, g))}
+        for s, g, image_id in zip(slides, glasses, image_ids, strict=True)])
     insert_rows(session, ImageLevel, [
         {"image_id": image_id, "level": index, "width": level.width, "height": level.height,
          "downsample": float(level.downsample)}
         for slide, image_id in zip(slides, image_ids, strict=True) for index, level in enumerate(slide.levels)])
     files = [(image_id, f) for slide, image_id in zip(slides, image_ids, strict=True) for f in slide.files]
+    file_ids = allocate_ids(session, ImageFile, len(files))
     insert_rows(session, ImageFile, [
-        {"image_id": image_id, "role": f.role, "sha256": f.sha256, "size": f.size, "level": f.level,
-         "media_type": f.media_type, "key_header": f.key_header} for image_id, f in files])
-    file_ids: list[int] = []
-    if any(f.dicom is not None for _, f in files):
-        by_file: dict[tuple[int, str], int] = {}
-        for image_id, (sha256, file_id) in _lookup(session, ImageFile.image_id, (ImageFile.sha256, ImageFile.id),
-                                                  image_ids, many=True):
-            by_file[(image_id, sha256)] = file_id
-        file_ids = [by_file[(image_id, f.sha256)] for image_id, f in files]
+        {"id": file_id, "image_id": image_id, "role": f.role, "sha256": f.sha256, "size": f.size, "level": f.level,
+         "media_type": f.media_type, "key_header": f.key_header} for (image_id, f), file_id in zip(files, file_ids,
+                                                                                                   strict=True)])
     insert_rows(session, DicomInstance, [
         {"image_id": image_id, "file_id": file_id, **asdict(f.dicom)}
-        for (image_id, f), file_id in zip(files, file_ids, strict=False) if f.dicom is not None])
+        for (image_id, f), file_id in zip(files, file_ids, strict=True) if f.dicom is not None])
     insert_rows(session, Observation, [
         diagnosis_values(slide.slide_id, datasets[slide.description.dataset], image_id, diagnosis)
         for slide, image_id in zip(slides, image_ids, strict=True)
@@ -242,23 +236,25 @@ class _SampleGraph:
             entries = self.pending[model]
             existing = self._existing(model, list(entries))
             self.ids[model].update(existing)
-            rows = [
-                {"dataset_id": key[0], "alias": key[1], **values,
-                 **{column: self.ids[self.PARENTS[column]][parent] for column, parent in parents.items()}}
-                for key, (values, parents) in entries.items() if key not in existing
-            ]
-            insert_rows(self.session, model, rows)  # then read back by (dataset, alias), unique
-            self.ids[model].update(self._existing(model, [(row["dataset_id"], row["alias"]) for row in rows]))
+            new = [key for key in entries if key not in existing]
+            self.ids[model].update(zip(new, allocate_ids(self.session, model, len(new)), strict=True))
+            insert_rows(self.session, model, [
+                {"id": self.ids[model][key], "dataset_id": key[0], "alias": key[1], **entries[key][0],
+                 **{column: self.ids[self.PARENTS[column]][parent] for column, parent in entries[key][1].items()}}
+                for key in new
+            ])
         self._write_links(block_specimens, Block, Specimen, "block_id", "specimen_id")
         self._write_links(slide_stainings, Slide, Staining, "glass_slide_id", "staining_id")
 
     def _existing(self, model: Any, keys: list[Key]) -> dict[Key, int]:
-        by_dataset: dict[int, list[str]] = {}
-        for dataset_id, alias in keys:
-            by_dataset.setdefault(dataset_id, []).append(alias)
-        return {(dataset_id, alias): object_id for dataset_id, aliases in by_dataset.items()
-                for alias, object_id in _lookup(self.session, model.alias, model.id, aliases,
-                                                model.dataset_id == dataset_id).items()}
+        """The ids of the objects among `keys` that exist: one lookup by alias over the datasets
+        concerned (an alias seldom repeats across datasets; the pairs are matched here)."""
+        wanted = set(keys)
+        datasets = sorted({dataset_id for dataset_id, _ in keys})
+        found = _lookup(self.session, model.alias, (model.dataset_id, model.id), sorted({a for _, a in keys}),
+                        model.dataset_id.in_(datasets), many=True)
+        return {(dataset_id, alias): object_id for alias, (dataset_id, object_id) in found
+                if (dataset_id, alias) in wanted}
 
     def _write_links(self, table: Any, left: type, right: type, left_column: str, right_column: str) -> None:
         pairs = {(self.ids[left][a], self.ids[right][b]) for a, b in self.links[table]}

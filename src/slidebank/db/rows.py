@@ -5,7 +5,7 @@ from __future__ import annotations
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, any_, bindparam, insert, literal
+from sqlalchemy import ColumnElement, Table, any_, bindparam, func, insert, literal, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
@@ -18,6 +18,21 @@ def among(dialect: str, column: Any, values: list[Any]) -> ColumnElement[bool]:
     if dialect == "postgresql":
         return column == any_(literal(values, ARRAY(column.type)))
     return column.in_(values)
+
+
+def allocate_ids(session: Session, target: type[Base] | Table, count: int) -> list[int]:
+    """Primary keys for `count` rows about to be inserted, so that a bulk load knows the ids it
+    writes instead of reading them back. PostgreSQL draws them from the column's sequence (safe
+    beside concurrent writers); SQLite continues after the highest id, safe because a write
+    transaction there holds the database's only write lock (`BEGIN IMMEDIATE`)."""
+    if count <= 0:
+        return []
+    table = target if isinstance(target, Table) else target.metadata.tables[target.__tablename__]
+    if session.get_bind().dialect.name == "postgresql":
+        return list(session.scalars(text("SELECT nextval(pg_get_serial_sequence(:table, 'id')) "
+                                         "FROM generate_series(1, :count)"), {"table": table.name, "count": count}))
+    top = session.scalar(select(func.max(table.c.id))) or 0
+    return list(range(top + 1, top + 1 + count))
 
 
 def insert_rows(session: Session, target: type[Base] | Table, rows: list[dict[str, Any]]) -> None:
