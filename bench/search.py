@@ -5,7 +5,7 @@ The catalog: dozens of datasets of Zipf-distributed sizes (a few controlled), se
 human, the rest toxicology animals), ~60 organs, ~30 stains, ~3,000 Zipf-distributed diagnoses,
 subjects with several slides each, five scanner vendors, and QC facts per slide. It is written by
 `slidebank.catalog.bulk.register_many` (the same rows registration writes, thousands per
-transaction) and `record_facts_many`.
+transaction) and `record_facts_many`; on PostgreSQL their parallel forms, over `--load-workers` processes.
 
 The query mix, as an anonymous user (open datasets) and as a researcher holding grants on three
 controlled datasets: unfiltered facet counts, one facet, three facets, `where qc.blur_fraction <
@@ -43,7 +43,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from postgres import create_database, postgres_cluster  # noqa: E402  (a throwaway server, as the tests use)
 from slidebank.catalog import Catalog, FactCondition, SearchQuery  # noqa: E402
-from slidebank.catalog.bulk import record_facts_many, register_many  # noqa: E402
+from slidebank.catalog.bulk import (  # noqa: E402
+    record_facts_many,
+    record_facts_many_parallel,
+    register_many,
+    register_many_parallel,
+)
 from slidebank.catalog.query import FACETS, facet_key  # noqa: E402
 from slidebank.catalog.records import IngestedSlide, LevelInfo, SlideDescription, StoredFile  # noqa: E402
 from slidebank.catalog.vocabulary import ANATOMICAL_SITES, STAINS, clean_text, normalise_key  # noqa: E402
@@ -223,7 +228,7 @@ def sql_search(catalog: Catalog, query: SearchQuery) -> tuple[int, dict[str, lis
 # --- one database ----------------------------------------------------------------------------------
 
 
-def run(url: str, label: str, population: Catalogue, queries: int, peer_queries: int) -> dict[str, Any]:
+def run(url: str, label: str, population: Catalogue, queries: int, peer_queries: int, workers: int) -> dict[str, Any]:
     engine = create_database_engine(url)
     upgrade_schema(engine)
     catalog = Catalog(UnitOfWork(engine))
@@ -234,13 +239,18 @@ def run(url: str, label: str, population: Catalogue, queries: int, peer_queries:
             rate = done / (time.perf_counter() - started)
             console.print(f"  {label}: {done:,} images registered ({rate:,.0f}/s)")
 
-    result = register_many(catalog.uow, population.slides(), progress=progress)
-    registered_s = time.perf_counter() - started
-    record_facts_many(catalog.uow, population.facts())
+    if workers > 1:
+        result = register_many_parallel(url, population.slides(), workers, progress=progress)
+        registered_s = time.perf_counter() - started
+        record_facts_many_parallel(url, population.facts(), workers)
+    else:
+        result = register_many(catalog.uow, population.slides(), progress=progress)
+        registered_s = time.perf_counter() - started
+        record_facts_many(catalog.uow, population.facts())
     load_s = time.perf_counter() - started
     with engine.begin() as connection:
         connection.execute(text("ANALYZE"))
-    console.print(f"  {label}: loaded {result.registered:,} images in {load_s:,.0f} s "
+    console.print(f"  {label}: loaded {result.registered:,} images in {load_s:,.0f} s by {workers} process(es) "
                   f"({registered_s:,.0f} s graph, {load_s - registered_s:,.0f} s facts)")
 
     rss = psutil.Process().memory_info().rss
@@ -269,13 +279,14 @@ def run(url: str, label: str, population: Catalogue, queries: int, peer_queries:
         peer[kind] = [timed(partial(sql_search, catalog, replace(make(), visible_datasets=anonymous)))[0]
                       for _ in range(peer_queries)]
     engine.dispose()
-    return {"label": label, "images": result.registered, "load_s": load_s, "build_ms": build_ms,
+    return {"label": label, "images": result.registered, "load_s": load_s, "workers": workers, "build_ms": build_ms,
             "index_mb": index_mb, "times": times, "peer": peer}
 
 
 def report(results: list[dict[str, Any]]) -> None:
     for outcome in results:
-        table = Table(title=f"{outcome['label']}: {outcome['images']:,} images — load {outcome['load_s']:,.0f} s, "
+        table = Table(title=f"{outcome['label']}: {outcome['images']:,} images — load {outcome['load_s']:,.0f} s "
+                            f"({outcome['workers']} process(es)), "
                             f"index built at first search in {outcome['build_ms'] / 1000:,.1f} s "
                             f"(+{outcome['index_mb']:,.0f} MB RSS)")
         for column in ("user", "query", "p50 ms", "p95 ms", "p99 ms", "SQL peer p50 ms", "peer / index (p50)"):
@@ -301,6 +312,8 @@ def main() -> None:
     parser.add_argument("--databases", default="sqlite,postgresql")
     parser.add_argument("--queries", type=int, default=40, help="queries of each kind and user")
     parser.add_argument("--peer-queries", type=int, default=3, help="queries of each kind for the SQL peer")
+    parser.add_argument("--load-workers", type=int, default=2,
+                        help="processes loading PostgreSQL (SQLite takes one writer at a time: always 1)")
     args = parser.parse_args()
     population_args = args.images
     results = []
@@ -313,7 +326,8 @@ def main() -> None:
             else:
                 url = create_database(stack.enter_context(postgres_cluster()))
             console.print(f"[bold]{database}[/]: {args.images:,} images")
-            results.append(run(url, database, population, args.queries, args.peer_queries))
+            workers = 1 if database == "sqlite" else args.load_workers
+            results.append(run(url, database, population, args.queries, args.peer_queries, workers))
             report(results[-1:])  # as soon as it is known
     console.print(f"{os.cpu_count()} CPUs; all databases:")
     report(results)

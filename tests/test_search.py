@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import Engine, select
 
 from slidebank.catalog import Catalog, CatalogError, FactCondition, SearchQuery
-from slidebank.catalog.bulk import register_many
+from slidebank.catalog.bulk import record_facts_many_parallel, register_many, register_many_parallel
 from slidebank.catalog.changes import note_rebuild
 from slidebank.catalog.erasure import erase_subject
 from slidebank.catalog.errors import SlideIdTakenError
@@ -113,13 +113,23 @@ def test_numeric_fact_bins_answer_exactly() -> None:
             assert list(fact.matching(op, threshold)) == expected, (op, threshold)
 
 
+def _prefixed(spec: dict[str, Any], prefix: str) -> Any:
+    """A corpus slide in datasets of its own (`prefix` + dataset), with its own slide id."""
+    description = {k: v for k, v in spec.items() if k not in ("slide_id", "vendor") and v is not None}
+    return make_slide(prefix + spec["slide_id"], vendor=spec["vendor"],
+                      **{**description, "dataset": prefix + description["dataset"]})
+
+
+def _described(catalog: Catalog, slide_id: str, prefix: str) -> str:
+    """A slide's description without what differs between two registrations of the same record."""
+    text = repr(catalog.get_slide(slide_id))
+    text = re.sub(r"'(uuid|accession|ingested_at|source_sha256|sha256|thumbnail_sha256)': '[^']*'", "", text)
+    return re.sub(r"[0-9a-f]{64}", "", text).replace(prefix, "")
+
+
 def test_bulk_registration_writes_what_registration_writes(catalog: Catalog) -> None:
     corpus = _corpus()
-
-    def slide(spec: dict[str, Any], prefix: str) -> Any:
-        description = {k: v for k, v in spec.items() if k not in ("slide_id", "vendor") and v is not None}
-        return make_slide(prefix + spec["slide_id"], vendor=spec["vendor"],
-                          **{**description, "dataset": prefix + description["dataset"]})
+    slide = _prefixed
 
     for spec in corpus:
         catalog.register(slide(spec, "one-"))
@@ -127,13 +137,9 @@ def test_bulk_registration_writes_what_registration_writes(catalog: Catalog) -> 
     result = register_many(catalog.uow, iter(twos), batch=5)
     assert result.registered == len(corpus) and result.skipped == 0
 
-    def described(slide_id: str, prefix: str) -> str:
-        text = repr(catalog.get_slide(slide_id))
-        text = re.sub(r"'(uuid|accession|ingested_at|source_sha256|sha256|thumbnail_sha256)': '[^']*'", "", text)
-        return re.sub(r"[0-9a-f]{64}", "", text).replace(prefix, "")
-
     for spec in corpus:
-        assert described("two-" + spec["slide_id"], "two-") == described("one-" + spec["slide_id"], "one-")
+        assert _described(catalog, "two-" + spec["slide_id"], "two-") == \
+            _described(catalog, "one-" + spec["slide_id"], "one-")
     one = catalog.search(SearchQuery(visible_datasets=["one-tox", "one-onco"]))
     two = catalog.search(SearchQuery(visible_datasets=["two-tox", "two-onco"]))
     assert {k: v for k, v in one.facets.items() if k != "dataset"} == \
@@ -161,3 +167,28 @@ def test_bulk_registration_writes_what_registration_writes(catalog: Catalog) -> 
                                .join(DicomInstance, DicomInstance.image_id == Image.id)
                                .join(ImageFile, ImageFile.id == DicomInstance.file_id).order_by(Image.slide_id)).all()
     assert [tuple(row) for row in rows] == [("dicom-bulk", "1.2.3.4.1", 0), ("dicom-one", "1.2.3.4.2", 0)]
+
+
+def test_a_load_spread_over_processes_writes_what_one_process_writes(catalog: Catalog, database_url: str) -> None:
+    """Batches of two over three processes: the datasets' shared objects (stainings, subjects) are
+    raced for by concurrent batches; the losers run again and find them."""
+    corpus = _corpus()
+    register_many(catalog.uow, [_prefixed(spec, "one-") for spec in corpus])
+    twos = [_prefixed(spec, "two-") for spec in corpus]
+    loaded = register_many_parallel(database_url, twos, workers=3, batch=2)
+    assert loaded.registered == len(corpus) and sorted(loaded.slide_ids) == sorted("two-" + s["slide_id"] for s in corpus)
+    for spec in corpus:
+        assert _described(catalog, "two-" + spec["slide_id"], "two-") == \
+            _described(catalog, "one-" + spec["slide_id"], "one-")
+    again = register_many_parallel(database_url, twos, workers=2, batch=3)
+    assert again.registered == 0 and again.skipped == len(corpus)  # a resumed load
+    with pytest.raises(SlideIdTakenError, match="'two-S01' is already taken"):  # the worker's error, intact
+        register_many_parallel(database_url, [make_slide("two-S01")], workers=1)
+
+    facts = [("two-" + spec["slide_id"], {"qc.blur_fraction": n / 100, "qc.flags": "pen" if n % 2 else ""})
+             for n, spec in enumerate(corpus)]
+    assert record_facts_many_parallel(database_url, facts, workers=2, batch=3) == len(corpus)
+    for slide_id, values in facts:
+        assert catalog.facts(slide_id)["qc"] == {"blur_fraction": values["qc.blur_fraction"], "flags": values["qc.flags"]}
+    found = catalog.search(SearchQuery(where=FactCondition.parse_all("qc.blur_fraction < 0.05")))
+    assert sorted(_ids(found)) == sorted(slide_id for slide_id, values in facts if values["qc.blur_fraction"] < 0.05)

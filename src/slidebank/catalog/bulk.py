@@ -7,13 +7,21 @@ sample aliases, codes and facet index) set-wise: per batch, one lookup and one m
 per table. A batch commits whole or not at all; a slide already registered with the same source is
 skipped, so an interrupted load resumes by running it again.
 
+`register_many_parallel` and `record_facts_many_parallel` spread the batches over processes, each
+with its own connection: on PostgreSQL the batches' Python work and the server's overlap. Batches
+that race to create the same shared object (a dataset's staining, say) lose one of them to a unique
+violation or a deadlock; the loser is rolled back whole and runs again, finding the object there.
+
 What it does not do: store pixels. The records name blobs already in the store (a migration moves
 those separately) and the pipeline's checks are assumed done where the records were made.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from typing import Any, TypeVar
@@ -48,7 +56,7 @@ from slidebank.catalog.vocabulary import (
     Vocabulary,
     split_stains,
 )
-from slidebank.db import UnitOfWork
+from slidebank.db import UnitOfWork, create_database_engine
 from slidebank.db.models import (
     BiologicalBeing,
     Block,
@@ -119,6 +127,89 @@ def record_facts_many(uow: UnitOfWork, facts: Iterable[tuple[str, dict[str, floa
             note_changed(session, ids)
         written += len(group)
     return written
+
+
+def register_many_parallel(database_url: str, slides: Iterable[IngestedSlide], workers: int = 2,
+                           batch: int = BATCH, progress: Callable[[int], None] | None = None) -> BulkResult:
+    """`register_many` over `workers` processes; the database must already be at the current schema."""
+    result = BulkResult()
+
+    def done(group: list[IngestedSlide], registered: list[str]) -> None:
+        result.registered += len(registered)
+        result.skipped += len(group) - len(registered)
+        result.slide_ids.extend(registered)
+        if progress is not None:
+            progress(result.registered + result.skipped)
+
+    _in_processes(database_url, _register_group, _batched(iter(slides), batch), workers, done)
+    return result
+
+
+def record_facts_many_parallel(database_url: str, facts: Iterable[tuple[str, dict[str, float | str]]],
+                               workers: int = 2, batch: int = BATCH) -> int:
+    """`record_facts_many` over `workers` processes; returns slides written."""
+    written = [0]
+
+    def done(_: list[Any], count: int) -> None:
+        written[0] += count
+
+    _in_processes(database_url, _record_group, _batched(iter(facts), batch), workers, done)
+    return written[0]
+
+
+def _in_processes(database_url: str, work: Callable[[list[Any]], Any], groups: Iterator[list[Any]], workers: int,
+                  done: Callable[[list[Any], Any], None]) -> None:
+    """Run `work` on each group in a pool of processes, a few groups in flight per process (bounded
+    memory); `done` gets each group's result as it completes. The first failure stops the load."""
+    context = multiprocessing.get_context("spawn")  # the caller may hold threads and connections
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_open_worker,
+                             initargs=(database_url,)) as pool:
+        pending: dict[Future[Any], list[Any]] = {}
+        for group in groups:
+            pending[pool.submit(work, group)] = group
+            if len(pending) >= 2 * workers:
+                _collect(pending, done, FIRST_COMPLETED)
+        _collect(pending, done, ALL_COMPLETED)
+
+
+def _collect(pending: dict[Future[Any], list[Any]], done: Callable[[list[Any], Any], None], when: str) -> None:
+    finished, _ = wait(pending, return_when=when)
+    for future in finished:
+        done(pending.pop(future), future.result())
+
+
+_worker_uow: list[UnitOfWork] = []  # the pool process's own connection pool
+
+
+def _open_worker(database_url: str) -> None:
+    _worker_uow.append(UnitOfWork(create_database_engine(database_url)))
+
+
+def _register_group(group: list[IngestedSlide]) -> list[str]:
+    return _retrying(lambda: register_many(_worker_uow[0], group, batch=len(group)).slide_ids)
+
+
+def _record_group(group: list[tuple[str, dict[str, float | str]]]) -> int:
+    return _retrying(lambda: record_facts_many(_worker_uow[0], group, batch=len(group)))
+
+
+RETRIES = 8
+Result = TypeVar("Result")
+
+
+def _retrying(attempt: Callable[[], Result]) -> Result:
+    """Run a batch again when a concurrent batch won a race for the same rows (its transaction was
+    rolled back whole, so running it again is safe: what exists now is found, not inserted)."""
+    for tries in range(RETRIES):
+        try:
+            return attempt()
+        except Exception as error:  # SQLAlchemy's wrapper, or the driver's own error from COPY
+            cause = getattr(error, "orig", error)
+            state = str(getattr(cause, "sqlstate", "") or "")  # PostgreSQL's: unique violation, rollback class
+            if tries == RETRIES - 1 or not (state == "23505" or state.startswith("40")):
+                raise
+            time.sleep(0.05 * (tries + 1))
+    raise AssertionError("unreachable")
 
 
 def _batched(items: Iterator[Any], size: int) -> Iterator[list[Any]]:

@@ -14,6 +14,9 @@ class DuplicateSourceError(CatalogError):
         self.slide_id = slide_id
         super().__init__(f"this source is already ingested as slide {slide_id!r}")
 
+    def __reduce__(self) -> tuple[type, tuple[str]]:  # crosses process boundaries (parallel bulk loads) intact
+        return type(self), (self.slide_id,)
+
 
 class SlideIdTakenError(CatalogError):
     """Another image already uses this slide id."""
@@ -21,4 +24,7 @@ class SlideIdTakenError(CatalogError):
     def __init__(self, slide_id: str) -> None:
         self.slide_id = slide_id
         super().__init__(f"slide id {slide_id!r} is already taken")
+
+    def __reduce__(self) -> tuple[type, tuple[str]]:
+        return type(self), (self.slide_id,)
 
