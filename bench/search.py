@@ -250,8 +250,14 @@ def run(url: str, label: str, population: Catalogue, queries: int, peer_queries:
     load_s = time.perf_counter() - started
     with engine.begin() as connection:
         connection.execute(text("ANALYZE"))
+        if engine.dialect.name == "postgresql":
+            size = int(connection.execute(text("SELECT pg_database_size(current_database())")).scalar_one())
+        else:
+            database = Path(str(engine.url.database))
+            size = sum(p.stat().st_size for p in (database, database.with_name(database.name + "-wal")) if p.exists())
     console.print(f"  {label}: loaded {result.registered:,} images in {load_s:,.0f} s by {workers} process(es) "
-                  f"({registered_s:,.0f} s graph, {load_s - registered_s:,.0f} s facts)")
+                  f"({registered_s:,.0f} s graph, {load_s - registered_s:,.0f} s facts); "
+                  f"{size / 2**20:,.0f} MB on disk, {size / max(1, result.registered):,.0f} bytes per image")
 
     rss = psutil.Process().memory_info().rss
     build_ms, _ = timed(lambda: catalog.search(SearchQuery(limit=1)))
@@ -279,14 +285,14 @@ def run(url: str, label: str, population: Catalogue, queries: int, peer_queries:
         peer[kind] = [timed(partial(sql_search, catalog, replace(make(), visible_datasets=anonymous)))[0]
                       for _ in range(peer_queries)]
     engine.dispose()
-    return {"label": label, "images": result.registered, "load_s": load_s, "workers": workers, "build_ms": build_ms,
-            "index_mb": index_mb, "times": times, "peer": peer}
+    return {"label": label, "images": result.registered, "load_s": load_s, "workers": workers, "bytes": size,
+            "build_ms": build_ms, "index_mb": index_mb, "times": times, "peer": peer}
 
 
 def report(results: list[dict[str, Any]]) -> None:
     for outcome in results:
         table = Table(title=f"{outcome['label']}: {outcome['images']:,} images — load {outcome['load_s']:,.0f} s "
-                            f"({outcome['workers']} process(es)), "
+                            f"({outcome['workers']} process(es)), {outcome['bytes'] / outcome['images']:,.0f} B/image, "
                             f"index built at first search in {outcome['build_ms'] / 1000:,.1f} s "
                             f"(+{outcome['index_mb']:,.0f} MB RSS)")
         for column in ("user", "query", "p50 ms", "p95 ms", "p99 ms", "SQL peer p50 ms", "peer / index (p50)"):

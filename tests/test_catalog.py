@@ -80,7 +80,7 @@ def test_migrations_create_exactly_the_models_schema(database_url: str) -> None:
         with engine.connect() as connection:
             context = MigrationContext.configure(connection, opts={"compare_type": True})
             assert compare_metadata(context, Base.metadata) == []
-            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0007"
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0008"
         names = set(inspect(engine).get_table_names())
         assert set(Base.metadata.tables) <= names
     finally:

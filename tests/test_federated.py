@@ -320,7 +320,9 @@ def check_a_revoked_grant_stops_its_node_at_once(federation: Federation) -> None
     assert last["status"] == "refused" and "east-tissue" in last["reason"], last
     trained = [e for e in json_lines(run_cli("audit", "show", "--json", home=east.home, check=True).stdout)
                if e["action"] == "patches.train"]
-    assert len(trained) == ROUNDS + len(record["rounds_trained"])  # the first run's and this one's, no more
+    # Every read audited, none after the round under way when the grant went (a round may read, then
+    # miss the aggregation: audited, not in the provenance).
+    assert len(record["rounds_trained"]) <= len(trained) - ROUNDS <= revoked + 1, (trained, record)
 
 
 def check_no_pixels_pass_between_nodes_and_coordinator(federation: Federation) -> None:

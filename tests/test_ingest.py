@@ -160,9 +160,12 @@ def test_submitter_slide_id_and_sidecar_metadata(node: Node, generic_slide, tmp_
     detail = node.catalog.get_slide("HOSP.2026-0042")
     flat = str(detail)
     assert detail["samples"]["block"].startswith(detail["samples"]["specimen"] + "/BLOC-")
+    stored = catalog_bytes(node.settings.home)
     for accession in ("PATIENT-42", "S26-0777", "A1"):
         assert accession not in flat, f"{accession}: submitter identifiers are pseudonymised"
-        assert accession.encode() not in catalog_bytes(node.settings.home)
+        if len(accession) > 4:  # a two-byte needle turns up by chance in a binary file
+            assert accession.encode() not in stored, accession
+    assert b"A1-HE" not in stored
     assert "steatosis" in flat and "liver" in flat
 
 

@@ -75,7 +75,8 @@ def s3_objects(site: SharedSite) -> list[str]:
 
 
 @pytest.mark.postgres
-def test_a_job_runs_on_a_dask_worker_that_has_no_node_folder(site: SharedSite, tmp_path: Path) -> None:
+def test_ingest_and_a_job_run_on_a_dask_worker_that_has_no_node_folder(site: SharedSite, tmp_path: Path,
+                                                                       generic_slide) -> None:  # noqa: ANN001
     port = free_port()
     scheduler = subprocess.Popen([str(SLIDEBANK_BIN.parent / "dask"), "scheduler", "--host", "127.0.0.1",
                                   "--port", str(port), "--no-dashboard"],
@@ -83,6 +84,7 @@ def test_a_job_runs_on_a_dask_worker_that_has_no_node_folder(site: SharedSite, t
     worker_keys = tmp_path / "mounted-secret"  # the key files, as a secret mounted on the worker's host
     shutil.copytree(site.keys, worker_keys)
     worker_env = {"PATH": os.environ["PATH"], "SLIDEBANK_HOME": str(tmp_path / "scratch"),
+                  "DASK_DISTRIBUTED__WORKER__DAEMON": "False",  # a task starts the process its slide is converted in
                   "SLIDEBANK_KEYS_DIR": str(worker_keys), **{k: v for k, v in site.env.items()
                                                              if k != "SLIDEBANK_KEYS_DIR"}}
     worker = [str(SLIDEBANK_BIN.parent / "dask"), "worker", f"tcp://127.0.0.1:{port}", "--nthreads", "1",
@@ -96,6 +98,23 @@ def test_a_job_runs_on_a_dask_worker_that_has_no_node_folder(site: SharedSite, t
     try:
         time.sleep(1)
         assert far.poll() is None, far.stderr.read() if far.stderr else ""
+        incoming = tmp_path / "incoming"  # a shared mount of the scanners' folder, seen at the same path
+        incoming.mkdir()
+        for name in ("S-2", "S-3"):
+            with open(incoming / f"{name}.tiff", "wb") as copy:  # other bytes each, so not duplicates
+                copy.write(generic_slide.path.read_bytes() + name.encode())
+        (incoming / "S-4.tiff").write_bytes(generic_slide.path.read_bytes()[:5000])  # truncated
+        ingested = run_cli("ingest", str(incoming), "--dataset", "study", "--scheduler", f"tcp://127.0.0.1:{port}",
+                           "--no-qc", "--json", home=site.homes[1], env=site.env, timeout=300)
+        outcomes = {Path(o["path"]).name: o for o in json_lines(ingested.stdout)}
+        assert {name: o["status"] for name, o in outcomes.items()} == \
+            {"S-2.tiff": "ingested", "S-3.tiff": "ingested", "S-4.tiff": "rejected"}, ingested.stderr
+        assert (tmp_path / "scratch").is_dir()  # made by the worker's node: the slides were prepared there
+        with running_server(site.homes[0], env=site.env) as base:  # served by the other host
+            for name in ("S-2.tiff", "S-3.tiff"):
+                tile = httpx.get(f"{base}/slides/{outcomes[name]['slide_id']}{TILE}",
+                                 headers={"Authorization": f"Bearer {site.tokens['steward']}"})
+                assert tile.status_code == 200 and tile.content[:2] == b"\xff\xd8"
         ran = run_cli("run", "tissue", "--slide", site.slide_id, "--wait", "--scheduler", f"tcp://127.0.0.1:{port}",
                       "--json", home=site.homes[1], env=site.env, timeout=300)
         assert ran.returncode == 0, ran.stderr

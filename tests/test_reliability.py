@@ -101,3 +101,27 @@ def test_bigtiff_over_4gb_ingests_in_bounded_memory(tmp_path: Path) -> None:
     finally:
         source.unlink(missing_ok=True)
         shutil.rmtree(tmp_path / "node", ignore_errors=True)
+
+
+def test_recovery_removes_what_a_crash_published_and_nothing_else(tmp_path: Path, generic_slide) -> None:  # noqa: ANN001
+    """A blob published by an ingest that died before registering it is logged first, so recovery
+    deletes it without listing the store; a blob it was never told about is left to a full sweep."""
+    home = tmp_path / "node"
+    [line] = json_lines(run_cli("ingest", str(generic_slide.path), "--no-qc", "--json", home=home, check=True).stdout)
+    node = open_node(home)
+    try:
+        with node.store.staging_dir() as staging:
+            crashed, foreign = staging / "crashed", staging / "foreign"
+            crashed.write_bytes(b"published, never registered")
+            foreign.write_bytes(b"not put there by an ingest")
+            orphan = node.store.publish(crashed, node.keys, intend=node.catalog.note_pending_blob).sha256
+            unknown = node.store.publish(foreign, node.keys).sha256
+        kept = {f.sha256 for f in node.catalog.stored_files(line["slide_id"])}
+        node.catalog.note_pending_blob(next(iter(kept)))  # logged, and registered after all: kept
+        assert node.recover() == [orphan]
+        assert not node.store.exists(orphan) and node.store.exists(unknown)
+        assert all(node.store.exists(digest) for digest in kept)
+        assert node.recover() == []  # the log is settled
+        assert node.store.collect_garbage(node.catalog.referenced_blobs()) == [unknown]  # the full sweep
+    finally:
+        node.close()

@@ -30,6 +30,7 @@ from slidebank.access.principal import Principal
 from slidebank.annotations.geojson import parse_document
 from slidebank.bundles.schemas import FILE_SCHEMAS, Problem, parse, validate
 from slidebank.catalog.changes import note_changed
+from slidebank.catalog.files import dataset_blobs, note_pending
 from slidebank.catalog.identifiers import SLIDE_ID_PATTERN
 from slidebank.catalog.records import SlideDescription
 from slidebank.catalog.vocabulary import (
@@ -378,6 +379,7 @@ def _discard(node: Node, dataset: str, actor: Principal) -> None:
                 return
             policy_id = session.scalar(select(Dataset.policy_id).where(Dataset.id == dataset_id))
             note_changed(session, list(session.scalars(select(Image.id).where(Image.dataset_id == dataset_id))))
+            note_pending(session, dataset_blobs(session, dataset_id))  # they go at the recovery below
             for model in (Observation, Annotation, Image, Slide, Staining, Block, Specimen, Case, BiologicalBeing):
                 session.execute(delete(model).where(model.dataset_id == dataset_id))
             session.execute(delete(Dataset).where(Dataset.id == dataset_id))

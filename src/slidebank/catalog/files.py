@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from sqlalchemy import CompoundSelect, select, union_all
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import CompoundSelect, delete, select, union_all
 from sqlalchemy.orm import Session
 
 from slidebank.catalog.records import StoredFile
-from slidebank.db.models import Annotation, BiologicalBeing, Dataset, Image, ImageFile
+from slidebank.db.models import Annotation, BiologicalBeing, Dataset, Image, ImageFile, PendingBlob
+from slidebank.db.rows import among
 
 
 def slide_id_for_source(session: Session, sha256: str) -> str | None:
@@ -47,11 +51,39 @@ def subject_datasets(session: Session, pseudonym: str) -> set[str]:
         .where(BiologicalBeing.alias == pseudonym)))
 
 
-def referenced_blobs(session: Session) -> set[str]:
-    """Every blob the catalog points to; the blob store's garbage collector keeps exactly these."""
+def referenced_blobs(session: Session, among_digests: list[str] | None = None) -> set[str]:
+    """The blobs the catalog points to (all, or those among `among_digests`); the blob store's
+    garbage collector keeps exactly these."""
+    dialect = session.get_bind().dialect.name
+
+    def where(column: Any) -> Any:
+        return column.is_not(None) if among_digests is None else among(dialect, column, among_digests)
+
     statement: CompoundSelect[str | None] = union_all(
-        select(ImageFile.sha256),
-        select(Image.thumbnail_sha256).where(Image.thumbnail_sha256.is_not(None)),
-        select(Annotation.sha256).where(Annotation.sha256.is_not(None)),
+        select(ImageFile.sha256).where(where(ImageFile.sha256)),
+        select(Image.thumbnail_sha256).where(where(Image.thumbnail_sha256)),
+        select(Annotation.sha256).where(where(Annotation.sha256)),
     )
     return {sha for sha in session.scalars(statement) if sha}
+
+
+def dataset_blobs(session: Session, dataset_id: int) -> list[str]:
+    """The blobs of a dataset's images (files and thumbnails)."""
+    files = select(ImageFile.sha256).join(Image, Image.id == ImageFile.image_id).where(Image.dataset_id == dataset_id)
+    thumbnails = select(Image.thumbnail_sha256).where(Image.dataset_id == dataset_id)
+    return sorted({digest for digest in session.scalars(union_all(files, thumbnails)) if digest})
+
+
+def note_pending(session: Session, digests: Iterable[str]) -> None:
+    """Log blobs that are (about to be) in the store without a reference yet; see `PendingBlob`."""
+    wanted = set(digests)
+    known = set(session.scalars(select(PendingBlob.sha256).where(PendingBlob.sha256.in_(sorted(wanted)))))
+    session.add_all(PendingBlob(sha256=digest) for digest in sorted(wanted - known))
+
+
+def pending(session: Session, limit: int) -> list[str]:
+    return list(session.scalars(select(PendingBlob.sha256).order_by(PendingBlob.sha256).limit(limit)))
+
+
+def forget_pending(session: Session, digests: list[str]) -> None:
+    session.execute(delete(PendingBlob).where(PendingBlob.sha256.in_(digests)))

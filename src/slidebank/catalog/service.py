@@ -109,3 +109,29 @@ class Catalog:
     def referenced_blobs(self) -> set[str]:
         with self.uow.read() as session:
             return files.referenced_blobs(session)
+
+    def note_pending_blob(self, sha256: str) -> None:
+        """Log a blob about to be published (committed at once, before it is in the store), so that
+        recovery finds it if its slide is never registered."""
+        try:
+            with self.uow.write() as session:
+                files.note_pending(session, [sha256])
+        except IntegrityError:  # another process logged the same blob first
+            pass
+
+    def settle_pending_blobs(self, delete_blobs: Callable[[list[str]], None], batch: int = 1000) -> list[str]:
+        """Recovery: of the logged blobs, have `delete_blobs` remove those nothing references, then
+        forget them all; returns the deleted digests. Callers hold the node's ingest lock (no ingest
+        is publishing meanwhile)."""
+        deleted: list[str] = []
+        while True:
+            with self.uow.read() as session:
+                digests = files.pending(session, batch)
+                if not digests:
+                    return deleted
+                referenced = files.referenced_blobs(session, digests)
+            orphans = [digest for digest in digests if digest not in referenced]
+            delete_blobs(orphans)  # before forgetting them: a crash here leaves them logged, not leaked
+            with self.uow.write() as session:
+                files.forget_pending(session, digests)
+            deleted += orphans

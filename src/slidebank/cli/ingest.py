@@ -70,6 +70,9 @@ def ingest(
     metadata: Annotated[Optional[Path], typer.Option(help="Sidecar CSV/JSON describing the slides.")] = None,
     slide_id: Annotated[Optional[str], typer.Option("--slide-id", help="Keep your own id (one slide only).")] = None,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes.")] = 1,
+    scheduler: Annotated[Optional[str], typer.Option(
+        help="Prepare the slides on this Dask cluster's workers (tcp://host:8786) instead of local processes; "
+             "they must see the files at the same paths.")] = None,
     mpp: Annotated[Optional[float], typer.Option(
         "--mpp", help="Pixel size in µm/px for slides whose file does not say (a sidecar mpp column wins).")] = None,
     qc: Annotated[bool, typer.Option(help="Run quality control on the new slides (a Dask job).")] = True,
@@ -103,9 +106,10 @@ def ingest(
         plan = plan_ingest(inputs, dataset=dataset, sidecar=metadata, slide_id=slide_id)
         plan = replace(plan, requests=tuple(with_default_mpp(r, default_mpp) for r in plan.requests))
         if as_json:
-            outcomes = run_ingest(node, plan, workers=workers, on_outcome=lambda o: print_json(o.to_json()))
+            outcomes = run_ingest(node, plan, workers=workers, scheduler=scheduler,
+                                  on_outcome=lambda o: print_json(o.to_json()))
         else:
-            outcomes = _ingest_with_progress(node, plan, workers)
+            outcomes = _ingest_with_progress(node, plan, workers, scheduler)
     except (FileNotFoundError, IngestUsageError, SidecarError, ArchiveError) as error:
         fail(str(error))
     finally:
@@ -136,7 +140,7 @@ def _quality_control(node: Any, slide_ids: list[str], quiet: bool) -> None:
         console.print(f"  {task['slide_id']}: {'; '.join(task['summary']['flags'])}")
 
 
-def _ingest_with_progress(node: Any, plan: Any, workers: int) -> list:
+def _ingest_with_progress(node: Any, plan: Any, workers: int, scheduler: str | None) -> list:
     from slidebank.ingest.runner import run_ingest
 
     progress = Progress(
@@ -165,7 +169,7 @@ def _ingest_with_progress(node: Any, plan: Any, workers: int) -> list:
         live.console.print(f"[{colour}]{outcome.status:9}[/{colour}] {outcome.path}")
 
     with Live(Group(progress, byte_progress), console=console, refresh_per_second=8) as live:
-        outcomes = run_ingest(node, plan, workers=workers, on_outcome=advance)
+        outcomes = run_ingest(node, plan, workers=workers, scheduler=scheduler, on_outcome=advance)
 
     table = Table(title="Ingest summary")
     for column in ("status", "slide", "slide id", "reason / what to do"):

@@ -284,9 +284,9 @@ def _convert_and_publish(
 
         stored: list[StoredFile] = []  # encrypted at rest, each with its own key sealed to the node
         for path, level, identity in file_levels:
-            ref = node.store.publish(path, node.keys)
+            ref = node.store.publish(path, node.keys, intend=node.catalog.note_pending_blob)
             stored.append(StoredFile("volume", ref.sha256, ref.size, level, key_header=ref.key_header, dicom=identity))
-        thumb_ref = node.store.publish(thumbnail_path, node.keys)
+        thumb_ref = node.store.publish(thumbnail_path, node.keys, intend=node.catalog.note_pending_blob)
         stored.append(StoredFile("thumbnail", thumb_ref.sha256, thumb_ref.size, None, "image/jpeg",
                                  thumb_ref.key_header))
 

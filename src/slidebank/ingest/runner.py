@@ -9,22 +9,16 @@ crash reports finished slides as duplicates and does the rest.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from slidebank.access.principal import Principal, operator
-from slidebank.catalog.records import IngestedSlide, SlideDescription
-from slidebank.ingest.pipeline import (
-    IngestContext,
-    IngestOutcome,
-    IngestRequest,
-    Registrar,
-    prepare_slide,
-    register_slide,
-)
+from slidebank.catalog.records import SlideDescription
+from slidebank.ingest.pipeline import IngestOutcome, IngestRequest, Registrar, register_slide
 from slidebank.ingest.sidecar import load_sidecar
-from slidebank.ingest.watchdog import Finished, Limits, SupervisedPool
+from slidebank.ingest.watchdog import Failed, Finished, Limits, SupervisedPool
+from slidebank.ingest.worker import open_worker_node, prepare_in_worker
 from slidebank.node import Node, NodeSettings
 from slidebank.slides.source import SourceSlide, discover
 
@@ -87,27 +81,12 @@ def memory_limit() -> int:
     return int(float(os.environ.get("SLIDEBANK_INGEST_MEMORY_MB", "4096")) * 2**20)
 
 
-_worker_node: Node | None = None
-
-
-def _open_worker_node(settings: NodeSettings) -> None:
-    """In each worker process, once: the node it prepares slides for (no migration: the parent did)."""
-    global _worker_node
-    _worker_node = Node(settings.for_worker(), migrate=False)
-
-
-def _prepare_in_worker(request: IngestRequest, threads: int) -> IngestedSlide | IngestOutcome:
-    node = _worker_node
-    assert node is not None, "worker process without its node"
-    context = IngestContext(node.catalog, node.store, node.keys, node.secret, node.limits)
-    return prepare_slide(context, request, threads)
-
-
 def run_ingest(
     node: Node,
     plan: IngestPlan,
     *,
     workers: int = 1,
+    scheduler: str | None = None,
     actor: Principal | None = None,
     on_outcome: Callable[[IngestOutcome], None] | None = None,
 ) -> list[IngestOutcome]:
@@ -115,7 +94,9 @@ def run_ingest(
 
     Each slide is prepared in a supervised worker process (see `watchdog`): one that hangs, or goes
     over its memory cap, is stopped and reported `rejected` with the reason while the batch goes on;
-    what it staged is removed by the next recovery, and nothing of it is registered.
+    what it staged is removed by the next recovery, and nothing of it is registered. The processes
+    are `workers` local ones, or, with a Dask `scheduler` address, processes on the cluster's workers
+    (see `cluster`); registration stays here either way.
     """
     outcomes: list[IngestOutcome] = []
     _ = node.keys  # create the node's key pair here, before worker processes need it
@@ -126,23 +107,34 @@ def run_ingest(
 
     with node.ingest_lock():
         node.recover()
-        with SupervisedPool[int](min(workers, max(1, len(requests))), _open_worker_node, (node.settings,)) as pool:
-            for index, request in requests.items():
-                pool.submit(index, _prepare_in_worker, (request, threads),
-                            Limits(time_limit(request.source), memory_limit()))
-            for index, result in pool.results():
-                request = requests[index]
-                if isinstance(result, Finished):
-                    prepared = result.value
-                else:
-                    prepared = IngestOutcome(request.source.display_name, "rejected", error=result.reason,
-                                             size=request.source.size)
-                outcome = register_slide(registrar, request, prepared)
-                outcomes.append(outcome)
-                if on_outcome:
-                    on_outcome(outcome)
+        for index, result in _prepared(node.settings, requests, workers, scheduler, threads):
+            request = requests[index]
+            if isinstance(result, Finished):
+                prepared = result.value
+            else:
+                prepared = IngestOutcome(request.source.display_name, "rejected", error=result.reason,
+                                         size=request.source.size)
+            outcome = register_slide(registrar, request, prepared)
+            outcomes.append(outcome)
+            if on_outcome:
+                on_outcome(outcome)
         node.recover()  # what a stopped worker left in staging or published goes now
     return outcomes
+
+
+def _prepared(settings: NodeSettings, requests: dict[int, IngestRequest], workers: int, scheduler: str | None,
+              threads: int) -> Iterator[tuple[int, Finished | Failed]]:
+    """(index, outcome) of each request's preparation, in completion order, wherever it runs."""
+    limits = {index: Limits(time_limit(request.source), memory_limit()) for index, request in requests.items()}
+    if scheduler:
+        from slidebank.ingest.cluster import prepare_on_cluster
+
+        yield from prepare_on_cluster(scheduler, settings, requests, limits, threads)
+        return
+    with SupervisedPool[int](min(workers, max(1, len(requests))), open_worker_node, (settings,)) as pool:
+        for index, request in requests.items():
+            pool.submit(index, prepare_in_worker, (request, threads), limits[index])
+        yield from pool.results()
 
 
 __all__ = ["IngestPlan", "IngestUsageError", "SourceSlide", "plan_ingest", "run_ingest"]

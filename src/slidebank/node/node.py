@@ -170,8 +170,12 @@ class Node:
             yield
 
     def recover(self) -> list[str]:
-        """Remove what a crashed ingest left behind: unreferenced blobs and staging folders."""
-        return self.store.collect_garbage(self.catalog.referenced_blobs())
+        """Remove what a crashed ingest left behind: the blobs it published that nothing references
+        (from the catalog's pending-blob log, so the cost follows the crash, not the store's size),
+        its staging folders and unfinished uploads. Callers hold the ingest lock."""
+        deleted = self.catalog.settle_pending_blobs(self.store.delete_many)
+        self.store.clear_leftovers()
+        return deleted
 
     def close(self) -> None:
         if "governance_watch" in self.__dict__:

@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +69,8 @@ class BlobStore(Protocol):
 
     def staging_dir(self) -> AbstractContextManager[Path]: ...  # pragma: no cover
 
-    def publish(self, path: Path, keys: NodeKeys | None = None) -> BlobRef: ...  # pragma: no cover
+    def publish(self, path: Path, keys: NodeKeys | None = None,
+                intend: Callable[[str], None] | None = None) -> BlobRef: ...  # pragma: no cover
 
     def open_blob(self, sha256: str, key_header: bytes | None, keys: NodeKeys) -> BlobFile: ...  # pragma: no cover
 
@@ -82,6 +83,8 @@ class BlobStore(Protocol):
     def delete_many(self, digests: Iterable[str]) -> None: ...  # pragma: no cover
 
     def collect_garbage(self, referenced: set[str], min_age_s: float = 0) -> list[str]: ...  # pragma: no cover
+
+    def clear_leftovers(self, min_age_s: float = 0) -> None: ...  # pragma: no cover
 
 
 def sha256_file(path: Path, chunk_size: int = CHUNK_SIZE) -> BlobRef:
@@ -113,18 +116,22 @@ class LocalBlobStore:
         """A private scratch directory on the store's filesystem (so publishing is a rename)."""
         return private_staging(self.staging)
 
-    def publish(self, path: Path, keys: NodeKeys | None = None) -> BlobRef:
+    def publish(self, path: Path, keys: NodeKeys | None = None,
+                intend: Callable[[str], None] | None = None) -> BlobRef:
         """Move a finished staging file into the store under its digest (atomic, durable).
 
         With `keys`, the stored payload is encrypted and the returned ref carries its key header;
         a blob already stored keeps its payload, and its header comes from whoever stored it first
-        (the ref's header is then None and the catalog copies the existing one).
+        (the ref's header is then None and the catalog copies the existing one). `intend` is told
+        the digest before the blob appears (the catalog's pending-blob log, for recovery).
         """
         ref = sha256_file(path)
         target = self.blob_path(ref.sha256)
         if target.exists():
             path.unlink()
             return ref
+        if intend is not None:
+            intend(ref.sha256)
         target.parent.mkdir(parents=True, exist_ok=True)
         header = None
         if keys is not None:
@@ -174,8 +181,12 @@ class LocalBlobStore:
             if now - path.stat().st_mtime >= min_age_s:
                 path.unlink(missing_ok=True)
                 removed.append(digest)
-        clear_stale_staging(self.staging, min_age_s)
+        self.clear_leftovers(min_age_s)
         return removed
+
+    def clear_leftovers(self, min_age_s: float = 0) -> None:
+        """Staging folders of writers that died (no blob is touched)."""
+        clear_stale_staging(self.staging, min_age_s)
 
 
 @contextmanager

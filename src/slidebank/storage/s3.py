@@ -13,7 +13,7 @@ write files, and only finished payloads travel.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -105,10 +105,12 @@ class S3BlobStore:
     def staging_dir(self) -> AbstractContextManager[Path]:
         return private_staging(self.staging)
 
-    def publish(self, path: Path, keys: NodeKeys | None = None) -> BlobRef:
+    def publish(self, path: Path, keys: NodeKeys | None = None,
+                intend: Callable[[str], None] | None = None) -> BlobRef:
         """Upload a finished staging file under its digest (multipart above one part), encrypted.
 
-        As in the local store, a blob already stored keeps its payload and the ref's header is None.
+        As in the local store, a blob already stored keeps its payload and the ref's header is None,
+        and `intend` is told the digest before the upload starts.
         """
         if keys is None:
             raise S3StoreError("blobs in an object store are always encrypted: publish needs the node keys")
@@ -116,6 +118,8 @@ class S3BlobStore:
         if self.exists(ref.sha256):
             path.unlink()
             return ref
+        if intend is not None:
+            intend(ref.sha256)
         encrypted = path.with_name(path.name + ".c4gh")
         try:
             header = encrypt_file(path, encrypted, keys)
@@ -175,6 +179,13 @@ class S3BlobStore:
         doomed = [name for name, modified in self._objects()
                   if name not in referenced and (now - modified).total_seconds() >= min_age_s]
         self.delete_many(doomed)
+        self.clear_leftovers(min_age_s)
+        return doomed
+
+    def clear_leftovers(self, min_age_s: float = 0) -> None:
+        """Multipart uploads a crashed process left open, and stale local staging folders (no
+        object is touched; the bucket is not listed, only its uploads in progress)."""
+        now = datetime.now(UTC)
         root = "/".join(filter(None, (self.prefix, "objects"))) + "/"
         for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=root):
             for upload in page.get("Uploads", []):
@@ -182,7 +193,6 @@ class S3BlobStore:
                     self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
                                                        UploadId=upload["UploadId"])
         clear_stale_staging(self.staging, min_age_s)
-        return doomed
 
 
 def _status(error: ClientError) -> int:

@@ -23,6 +23,7 @@ from slidebank.db.models.access import (
 from slidebank.db.models.annotations import AnnotationFeature, Heatmap
 from slidebank.db.models.audit import AuditEvent
 from slidebank.db.models.base import Base, CatalogObject, iso_utc, new_uuid, utcnow
+from slidebank.db.models.blobs import PendingBlob
 from slidebank.db.models.catalog import (
     Annotation,
     BiologicalBeing,
@@ -78,6 +79,7 @@ __all__ = [
     "LoginFailure",
     "Notification",
     "Observation",
+    "PendingBlob",
     "Observer",
     "Organisation",
     "Policy",
