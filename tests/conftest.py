@@ -65,29 +65,6 @@ def _sqlite_pass_only(item: pytest.Item) -> bool:
         or "catalog_url" in getattr(item, "fixturenames", ())
 
 
-_modules_asking: dict[str, bool] = {}
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_protocol(item: pytest.Item) -> Iterator[object]:
-    before = databases.asked[0]
-    try:
-        return (yield)
-    finally:
-        module = item.nodeid.split("::")[0]
-        _modules_asking[module] = _modules_asking.get(module, False) or databases.asked[0] > before
-
-
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Modules whose tests never asked for a node's database (they belong in the `no_database` list),
-    written where the PostgreSQL pass's maintainer looks: test-artifacts/database-free-<worker>.txt."""
-    unmarked = sorted(m for m, asking in _modules_asking.items() if not asking)
-    if databases.POSTGRESQL and unmarked:
-        ARTIFACTS.mkdir(exist_ok=True)
-        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-        (ARTIFACTS / f"database-free-{worker}.txt").write_text("\n".join(unmarked) + "\n")
-
-
 @pytest.fixture(scope="session", autouse=True)
 def test_database_server(request: pytest.FixtureRequest) -> None:
     """On the PostgreSQL pass, every node's database lives on this session's private cluster."""

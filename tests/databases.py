@@ -27,7 +27,6 @@ POSTGRESQL = os.environ.get("SLIDEBANK_TEST_DATABASE", "sqlite") == "postgresql"
 
 _server: list[str] = []  # the session's PostgreSQL server, set by conftest's fixture
 _by_home: dict[Path, str] = {}
-asked: list[int] = [0]  # how often a node's database was asked for: conftest reports modules that never do
 
 
 def use_server(url: str) -> None:
@@ -36,7 +35,6 @@ def use_server(url: str) -> None:
 
 def database_url(home: Path) -> str:
     """The catalog database of the node whose folder is `home`."""
-    asked[0] += 1
     if not POSTGRESQL:
         return f"sqlite:///{home / 'catalog.sqlite'}"
     key = home.resolve()
@@ -89,18 +87,19 @@ def catalog_bytes(home: Path) -> bytes:
     return dump(database_url(home))
 
 
-def refuse_inserts(home: Path, table: str, message: str, when: str = "TRUE") -> None:
-    """Make the database refuse inserts into `table` (where `when` holds of NEW): a failing disk or audit
-    store, as the database itself would report it."""
-    when = when if POSTGRESQL else when.replace("TRUE", "1")
+def refuse_inserts(home: Path, table: str, message: str, when: str | None = None) -> None:
+    """Make the database refuse inserts into `table` (those where `when` holds of NEW, or all): a failing
+    disk or audit store, as the database itself would report it."""
     with catalog_sql(home) as sql:
         if POSTGRESQL:
             sql.exec_driver_sql(f"CREATE FUNCTION refuse_{table}() RETURNS trigger LANGUAGE plpgsql AS "
                                 f"$$ BEGIN RAISE EXCEPTION '{message}'; END $$")
+            condition = f"WHEN ({when}) " if when else ""
             sql.exec_driver_sql(f"CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table} FOR EACH ROW "
-                                f"WHEN ({when}) EXECUTE FUNCTION refuse_{table}()")
+                                f"{condition}EXECUTE FUNCTION refuse_{table}()")
         else:
-            sql.exec_driver_sql(f"CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table} WHEN {when} "
+            condition = f"WHEN {when} " if when else ""
+            sql.exec_driver_sql(f"CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table} {condition}"
                                 f"BEGIN SELECT RAISE(ABORT, '{message}'); END")
 
 
