@@ -20,6 +20,7 @@ queries of each kind in the same run. PostgreSQL runs on a throwaway cluster (te
 from __future__ import annotations
 
 import argparse
+import bisect
 import hashlib
 import os
 import statistics
@@ -57,6 +58,7 @@ from slidebank.db.models import Dataset, Image, ImageFacet  # noqa: E402
 
 console = Console()
 DATASETS = 40
+SLIDES_PER_SUBJECT = 4
 CONTROLLED = 5  # the last datasets are controlled; the researcher holds grants on three
 EXTRA_ORGANS = ["thyroid gland", "adrenal gland", "pituitary gland", "spleen", "thymus", "bone marrow", "tongue",
                 "oesophagus", "small intestine", "caecum", "rectum", "gallbladder", "urinary bladder", "ureter",
@@ -100,25 +102,32 @@ class Catalogue:
         self.diagnosis_weights = (1 / rank) / (1 / rank).sum()
 
     def slides(self) -> Iterator[IngestedSlide]:
-        chunk = 10_000
+        """Drawn a chunk at a time with numpy (a draw per image costs the bench more than the load)."""
+        chunk = 10_000  # a multiple of SLIDES_PER_SUBJECT: a subject's slides are drawn in one chunk
+        profiles = [(species, [str(o) for o in organs], list(np.cumsum(organ_weights)), [str(s) for s in stains],
+                     list(np.cumsum(stain_weights))) for species, organs, organ_weights, stains, stain_weights
+                    in self.profiles]
         for start in range(0, self.images, chunk):
             n = min(chunk, self.images - start)
-            datasets = self.rng.choice(DATASETS, size=n, p=self.dataset_weights)
+            subjects = -(-n // SLIDES_PER_SUBJECT)
+            subject_datasets = self.rng.choice(DATASETS, size=subjects, p=self.dataset_weights)
+            subject_organs = self.rng.random(subjects)
+            stain_draws = self.rng.random(n)
             diagnoses = self.rng.choice(len(self.diagnoses), size=n, p=self.diagnosis_weights)
             has_diagnosis = self.rng.random(n) < 0.8
             vendors = self.rng.choice(VENDORS[0], size=n, p=VENDORS[1])
             for j in range(n):
                 i = start + j
-                species, organs, organ_weights, stains, stain_weights = self.profiles[datasets[j]]
-                subject = i // 4  # four slides per subject, same organ
-                local = np.random.default_rng(subject)
+                subject = j // SLIDES_PER_SUBJECT  # a subject's slides: same dataset, same organ
+                dataset = int(subject_datasets[subject])
+                species, organs, organ_cumulative, stains, stain_cumulative = profiles[dataset]
                 yield _slide(
                     i, str(vendors[j]),
                     SlideDescription(
-                        dataset=self.names[datasets[j]], subject=f"SUBJ-{subject:08d}", species=species,
-                        anatomical_site=str(local.choice(organs, p=organ_weights)),
+                        dataset=self.names[dataset], subject=f"SUBJ-{i // SLIDES_PER_SUBJECT:08d}", species=species,
+                        anatomical_site=organs[_drawn(organ_cumulative, subject_organs[subject])],
                         specimen_type="biopsy", block=f"B{i % 3}", slide=f"{i}",
-                        stain=str(stains[self.rng.choice(len(stains), p=stain_weights)]),
+                        stain=stains[_drawn(stain_cumulative, stain_draws[j])],
                         diagnosis=self.diagnoses[diagnoses[j]] if has_diagnosis[j] else None,
                     ),
                 )
@@ -132,13 +141,21 @@ class Catalogue:
                                 "qc.tissue_fraction": round(float(tissue[i]), 4), "qc.flags": str(flags[i])}
 
 
+def _drawn(cumulative: list[float], draw: float) -> int:
+    """The index a uniform draw in [0, 1) falls on, given cumulative weights."""
+    return min(bisect.bisect(cumulative, draw), len(cumulative) - 1)
+
+
 def slide_id(i: int) -> str:
     return f"SB{i:08d}-{hashlib.blake2s(str(i).encode(), digest_size=4).hexdigest()}"
 
 
+LEVELS = (LevelInfo(80_000, 60_000, 1.0), LevelInfo(20_000, 15_000, 4.0), LevelInfo(5_000, 3_750, 16.0))
+
+
 def _slide(i: int, vendor: str, description: SlideDescription) -> IngestedSlide:
     digest = f"{i:016x}"
-    levels = (LevelInfo(80_000, 60_000, 1.0), LevelInfo(20_000, 15_000, 4.0), LevelInfo(5_000, 3_750, 16.0))
+    levels = LEVELS
     files = tuple(StoredFile("volume", f"{digest}{level:048x}", 10**9 >> (2 * level), level)
                   for level in range(len(levels))) + (StoredFile("thumbnail", f"{digest}{'f' * 48}", 9_000, None,
                                                                 "image/jpeg"),)

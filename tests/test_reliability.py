@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import resource
 import shutil
@@ -122,6 +123,8 @@ def test_recovery_removes_what_a_crash_published_and_nothing_else(tmp_path: Path
         assert not node.store.exists(orphan) and node.store.exists(unknown)
         assert all(node.store.exists(digest) for digest in kept)
         assert node.recover() == []  # the log is settled
-        assert node.store.collect_garbage(node.catalog.referenced_blobs()) == [unknown]  # the full sweep
+        swept = run_cli("store", "sweep", "--json", home=home, check=True)  # the full sweep, an operator's command
+        assert json.loads(swept.stdout) == {"removed": [unknown]}
+        assert not node.store.exists(unknown) and all(node.store.exists(digest) for digest in kept)
     finally:
         node.close()

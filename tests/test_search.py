@@ -19,7 +19,7 @@ from slidebank.catalog.errors import SlideIdTakenError
 from slidebank.catalog.records import DicomIdentity
 from slidebank.catalog.search_index import NumericFact
 from slidebank.db import UnitOfWork
-from slidebank.db.models import DicomInstance, Image, ImageFile
+from slidebank.db.models import BiologicalBeing, Dataset, DicomInstance, Image, ImageFacet, ImageFile, Observation
 from test_catalog import _corpus, make_slide
 
 
@@ -145,12 +145,38 @@ def test_bulk_registration_writes_what_registration_writes(catalog: Catalog) -> 
     assert {k: v for k, v in one.facets.items() if k != "dataset"} == \
            {k: v for k, v in two.facets.items() if k != "dataset"}
 
+    # A bulk load writes the facet rows of slides whose whole sample chain it creates without reading
+    # them back; slides joining existing objects take them from the graph, which may hold more: a
+    # diagnosis recorded on the subject reaches its new slide, and the batch's own slides agree too.
+    [subject] = [spec["subject"] for spec in corpus if spec.get("subject")][:1]
+    dataset = next(spec["dataset"] for spec in corpus if spec.get("subject") == subject)
+    with catalog.uow.write() as session:
+        being_id = session.scalar(select(BiologicalBeing.id).join(Dataset, Dataset.id == BiologicalBeing.dataset_id)
+                                  .where(Dataset.alias == "two-" + dataset, BiologicalBeing.alias == subject))
+        session.add(Observation(dataset_id=session.scalar(select(Dataset.id).where(Dataset.alias == "two-" + dataset)),
+                                alias="subject-diagnosis", statement_type="Diagnosis", free_text="Chronic nephropathy",
+                                biological_being_id=being_id))
+    catalog.refresh_facets()  # what an edit of the graph outside registration calls
+    register_many(catalog.uow, [make_slide("two-late", dataset="two-" + dataset, subject=subject),
+                                make_slide("two-alone", dataset="two-" + dataset, subject="SUBJ-ALONE", stain="PAS",
+                                           species="rat", diagnosis="Fibrosis")])
+    assert "two-late" in _ids(catalog.search(SearchQuery(text="nephropathy")))
+    assert _ids(catalog.search(SearchQuery(stain=["PAS"], species=["rat"], text="fibrosis"))) == ["two-alone"]
+    with catalog.uow.read() as session:
+        written = set(session.execute(select(ImageFacet.image_id, ImageFacet.facet, ImageFacet.key, ImageFacet.value)))
+    catalog.refresh_facets()
+    with catalog.uow.read() as session:
+        assert set(session.execute(select(ImageFacet.image_id, ImageFacet.facet, ImageFacet.key,
+                                          ImageFacet.value))) == written
+
     again = register_many(catalog.uow, twos)  # a resumed load
     assert again.registered == 0 and again.skipped == len(corpus)
     with pytest.raises(SlideIdTakenError):  # a taken id in a batch: nothing of the batch is written
         register_many(catalog.uow, [make_slide("three-new", dataset="three"), make_slide("two-S01")])
     assert not catalog.slide_exists("three-new")
-    assert catalog.search(SearchQuery()).total == 2 * len(corpus)
+    with catalog.uow.read() as session:  # nor its dataset, created ahead of the batch for new slides only
+        assert session.scalar(select(Dataset.id).where(Dataset.alias == "three")) is None
+    assert catalog.search(SearchQuery()).total == 2 * len(corpus) + 2
 
     # Files with a DICOM identity get their instance rows (what DICOMweb searches), as in registration.
     def with_identity(slide_id: str, uid: str) -> Any:

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from slidebank.catalog.changes import note_changed
 from slidebank.catalog.errors import DuplicateSourceError, SlideIdTakenError
-from slidebank.catalog.facets import index_images
+from slidebank.catalog.facets import FacetRows, add_facet, index_images
 from slidebank.catalog.facts import fact_row
 from slidebank.catalog.identifiers import SLIDE_ID_PATTERN
 from slidebank.catalog.records import IngestedSlide
@@ -39,6 +39,7 @@ from slidebank.catalog.registration import (
     SampleAliases,
     clean_label,
     coded,
+    dataset_alias,
     diagnosis_values,
     ensure_dataset,
     image_values,
@@ -61,6 +62,7 @@ from slidebank.db.models import (
     BiologicalBeing,
     Block,
     Case,
+    Dataset,
     DicomInstance,
     Image,
     ImageFile,
@@ -94,6 +96,8 @@ def register_many(uow: UnitOfWork, slides: Iterable[IngestedSlide], batch: int =
     """Register slides `batch` at a time, each batch in one transaction; see the module docstring."""
     result = BulkResult()
     for group in _batched(iter(slides), batch):
+        with uow.write() as session:
+            _ensure_shared(session, group)
         with uow.write() as session:
             registered = _register_batch(session, group)
         result.registered += len(registered)
@@ -217,11 +221,30 @@ def _batched(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
         yield group
 
 
+def _ensure_shared(session: Session, group: list[IngestedSlide]) -> None:
+    """Create the stainings the batch names in existing datasets, in a transaction of their own ahead of it.
+
+    Every batch of a dataset shares them: created inside the batch, a new one would make each
+    concurrent batch naming it wait for the creator's commit, then fail and run again whole. A batch
+    that fails later may leave a staining no slide uses yet (a dataset's vocabulary, never shown on
+    its own); new datasets are still created in the batch, so a refused batch leaves none."""
+    names = sorted({dataset_alias(slide.description.dataset) for slide in group})
+    datasets = _lookup(session, Dataset.alias, Dataset.id, names)
+    graph = _SampleGraph(session)
+    for slide in group:
+        dataset_id = datasets.get(dataset_alias(slide.description.dataset))
+        for stain in split_stains(slide.description.stain) if dataset_id is not None else ():
+            values = staining_values(dataset_id, stain)
+            graph.want(Staining, dataset_id, values["alias"], values)
+    graph.write()
+
+
 def _register_batch(session: Session, group: list[IngestedSlide]) -> list[str]:
     slides = _new_slides(session, group)
     if not slides:
         return []
-    datasets = {name: ensure_dataset(session, name).id for name in {s.description.dataset for s in slides}}
+    found = {name: ensure_dataset(session, name) for name in {s.description.dataset for s in slides}}
+    datasets = {name: dataset.id for name, dataset in found.items()}
     graph = _SampleGraph(session)
     glasses: list[Key] = []
     for slide in slides:
@@ -269,12 +292,27 @@ def _register_batch(session: Session, group: list[IngestedSlide]) -> list[str]:
     insert_rows(session, DicomInstance, [
         {"image_id": image_id, "file_id": file_id, **asdict(f.dicom)}
         for (image_id, f), file_id in zip(files, file_ids, strict=True) if f.dicom is not None])
-    insert_rows(session, Observation, [
-        diagnosis_values(slide.slide_id, datasets[slide.description.dataset], image_id, diagnosis)
-        for slide, image_id in zip(slides, image_ids, strict=True)
-        if (diagnosis := clean_label(slide.description.diagnosis))])
-    index_images(session, image_ids)
+    observations = {image_id: diagnosis_values(slide.slide_id, datasets[slide.description.dataset], image_id, diagnosis)
+                    for slide, image_id in zip(slides, image_ids, strict=True)
+                    if (diagnosis := clean_label(slide.description.diagnosis))}
+    insert_rows(session, Observation, list(observations.values()))
+    facets: FacetRows = {}
+    fresh: set[int] = set()
+    for slide, glass, image_id in zip(slides, glasses, image_ids, strict=True):
+        if graph.add_facets(facets, image_id, glass):  # the chain is new: nothing else describes it
+            fresh.add(image_id)
+            add_facet(facets, image_id, "dataset", found[slide.description.dataset].alias)
+            add_facet(facets, image_id, "vendor", slide.vendor)
+            if (observation := observations.get(image_id)) is not None:
+                add_facet(facets, image_id, "diagnosis", _displayed(observation))
+    index_images(session, image_ids, facets, fresh)
     return [slide.slide_id for slide in slides]
+
+
+def _displayed(observation: dict[str, Any]) -> str | None:
+    """What the facet index shows of an observation: COALESCE(meaning, free_text), as `facets` reads it."""
+    meaning = observation.get("meaning")
+    return meaning if meaning is not None else observation.get("free_text")
 
 
 def _new_slides(session: Session, group: list[IngestedSlide]) -> list[IngestedSlide]:
@@ -309,6 +347,9 @@ class _SampleGraph:
         self.pending: dict[type, dict[Key, tuple[dict[str, Any], dict[str, Key]]]] = {m: {} for m in self.ORDER}
         self.ids: dict[type, dict[Key, int]] = {m: {} for m in self.ORDER}
         self.links: dict[Any, set[tuple[Key, Key]]] = {block_specimens: set(), slide_stainings: set()}
+        self.created: dict[type, set[Key]] = {m: set() for m in self.ORDER}
+        self.staining_names: dict[Key, str] = {}
+        self.linked: dict[Any, dict[Key, list[Key]]] = {block_specimens: {}, slide_stainings: {}}  # left -> rights
 
     def want(self, model: type[Sample], dataset_id: int, alias: str, values: dict[str, Any], **parents: Key) -> Key:
         """The key of this object; the first description of a shared object wins, as in registration."""
@@ -328,6 +369,7 @@ class _SampleGraph:
             existing = self._existing(model, list(entries))
             self.ids[model].update(existing)
             new = [key for key in entries if key not in existing]
+            self.created[model] = set(new)
             self.ids[model].update(zip(new, allocate_ids(self.session, model, len(new)), strict=True))
             insert_rows(self.session, model, [
                 {"id": self.ids[model][key], "dataset_id": key[0], "alias": key[1], **entries[key][0],
@@ -336,6 +378,43 @@ class _SampleGraph:
             ])
         self._write_links(block_specimens, Block, Specimen, "block_id", "specimen_id")
         self._write_links(slide_stainings, Slide, Staining, "glass_slide_id", "staining_id")
+        for table, pairs in self.links.items():
+            for left, right in sorted(pairs):
+                self.linked[table].setdefault(left, []).append(right)
+        self._read_staining_names()
+
+    def add_facets(self, rows: FacetRows, image_id: int, glass: Key) -> bool:
+        """Add the species, organ and stain facets of an image on glass slide `glass` when this batch
+        created its whole chain (slide, block, the block's specimens, their beings and cases): then no
+        observation or other description can hang on it yet. False, adding nothing, otherwise."""
+        created = self.created
+        if glass not in created[Slide]:
+            return False
+        block = self.pending[Slide][glass][1]["block_id"]
+        if block not in created[Block]:
+            return False
+        specimens = self.linked[block_specimens].get(block, [])
+        chains = [self.pending[Specimen][specimen][1] for specimen in specimens]
+        if not all(specimen in created[Specimen] for specimen in specimens) or not all(
+                parents["biological_being_id"] in created[BiologicalBeing]
+                and (parents.get("case_id") is None or parents["case_id"] in created[Case]) for parents in chains):
+            return False
+        for specimen, parents in zip(specimens, chains, strict=True):
+            add_facet(rows, image_id, "species", self.pending[BiologicalBeing][parents["biological_being_id"]][0]
+                      .get("species"))
+            add_facet(rows, image_id, "organ", self.pending[Specimen][specimen][0].get("anatomical_site"))
+        for staining in self.linked[slide_stainings].get(glass, []):
+            add_facet(rows, image_id, "stain", self.staining_names[staining])
+        return True
+
+    def _read_staining_names(self) -> None:
+        """Names of the stainings this batch links (new ones from their rows, existing ones looked up)."""
+        for key in self.created[Staining]:
+            self.staining_names[key] = self.pending[Staining][key][0]["name"]
+        existing = {self.ids[Staining][key]: key for key in self.pending[Staining] if key not in self.created[Staining]}
+        if existing:
+            names = _lookup(self.session, Staining.id, Staining.name, sorted(existing))
+            self.staining_names.update({key: names[object_id] for object_id, key in existing.items()})
 
     def _existing(self, model: Any, keys: list[Key]) -> dict[Key, int]:
         """The ids of the objects among `keys` that exist: one lookup by alias over the datasets

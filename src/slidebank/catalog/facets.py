@@ -6,7 +6,7 @@ images are one indexed GROUP BY instead of six-table joins.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, delete, func, select, union_all
@@ -44,18 +44,35 @@ def refresh_facets(session: Session, slide_ids: Iterable[str] | None = None) -> 
     return len(ids)
 
 
-def index_images(session: Session, image_ids: Sequence[int]) -> None:
-    rows: dict[tuple[int, str, str], str] = {}
-    for facet, statement in _facet_sources(among(session.get_bind().dialect.name, Image.id, list(image_ids))):
-        for image_id, raw in session.execute(statement):
-            if raw is None:
-                continue
-            value = clean_text(str(raw))[:MAX_FACET_VALUE]
-            key = facet_key(value)
-            if key:
-                rows.setdefault((image_id, facet, key), value)
+FacetRows = dict[tuple[int, str, str], str]
+"""(image id, facet, key) -> displayed value: the rows of the facet index, one per value per image."""
+
+
+def add_facet(rows: FacetRows, image_id: int, facet: str, raw: object) -> None:
+    """Add one value of an image's facet as the index stores it (cleaned, keyed; the first spelling wins)."""
+    if raw is None:
+        return
+    value = clean_text(str(raw))[:MAX_FACET_VALUE]
+    key = facet_key(value)
+    if key:
+        rows.setdefault((image_id, facet, key), value)
+
+
+def index_images(session: Session, image_ids: Sequence[int], derived: FacetRows | None = None,
+                 derived_for: Collection[int] = ()) -> None:
+    """(Re)write the facet rows of these images from the graph.
+
+    A bulk load passes the rows it `derived` itself for the images `derived_for` (new images whose
+    whole sample chain it created in this transaction, so nothing else can describe them): those are
+    written as given instead of being read back through six joins."""
+    rows: FacetRows = dict(derived or {})
     dialect = session.get_bind().dialect.name
-    session.execute(delete(ImageFacet).where(among(dialect, ImageFacet.image_id, list(image_ids))))
+    read = [image_id for image_id in image_ids if image_id not in derived_for] if derived_for else list(image_ids)
+    if read:
+        for facet, statement in _facet_sources(among(dialect, Image.id, read)):
+            for image_id, raw in session.execute(statement):
+                add_facet(rows, image_id, facet, raw)
+        session.execute(delete(ImageFacet).where(among(dialect, ImageFacet.image_id, read)))
     if rows:
         insert_rows(session, ImageFacet,
                     [{"image_id": i, "facet": f, "key": k, "value": v} for (i, f, k), v in rows.items()])

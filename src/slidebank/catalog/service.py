@@ -106,9 +106,11 @@ class Catalog:
         with self.uow.read() as session:
             return files.subject_datasets(session, pseudonym)
 
-    def referenced_blobs(self) -> set[str]:
+    def referenced_blobs(self, among_digests: list[str] | None = None) -> set[str]:
+        """Which of these blobs the catalog points to (a store's sweep asks a chunk at a time); all
+        of them without `among_digests`."""
         with self.uow.read() as session:
-            return files.referenced_blobs(session)
+            return files.referenced_blobs(session, among_digests)
 
     def note_pending_blob(self, sha256: str) -> None:
         """Log a blob about to be published (committed at once, before it is in the store), so that

@@ -21,6 +21,7 @@ from slidebank.cli.patches import patches_app
 from slidebank.cli.samples import register_sample_commands
 from slidebank.cli.server import register_serve_command
 from slidebank.cli.slides import register_slide_commands
+from slidebank.cli.store import store_app
 
 app = typer.Typer(help="Slidebank: collect, describe and share whole-slide images.", no_args_is_help=True)
 
@@ -55,6 +56,7 @@ app.add_typer(annotations_app, name="annotations")
 app.add_typer(patches_app, name="patches")
 app.add_typer(federated_app, name="federated")
 app.add_typer(bundle_app, name="bundle")
+app.add_typer(store_app, name="store")
 register_governance_commands(app)
 register_job_commands(app)
 register_sample_commands(app)

@@ -9,7 +9,7 @@ from sqlalchemy import ColumnElement, Table, any_, bindparam, func, insert, lite
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
-from slidebank.db.models.base import Base
+from slidebank.db.models.base import MANY_DEFAULTS, Base
 
 
 def among(dialect: str, column: Any, values: list[Any]) -> ColumnElement[bool]:
@@ -51,13 +51,19 @@ def insert_rows(session: Session, target: type[Base] | Table, rows: list[dict[st
     names = given + [c.name for c in defaulted]
     columns = {c.name: c for c in table.columns}
     compiled = insert(table).values({name: bindparam(name) for name in names}).compile(dialect=dialect)
-    makers: list[Any] = [c.default for c in defaulted]
     values = [
         [*itemgetter(*given)(row)] if len(given) > 1 else [row[given[0]]] for row in rows
     ] if given else [[] for _ in rows]
-    for row in values:
-        for maker in makers:
-            row.append(maker.arg(None) if maker.is_callable else maker.arg)
+    for column in defaulted:
+        maker: Any = column.default
+        if MANY_DEFAULTS in column.info:
+            made = column.info[MANY_DEFAULTS](len(values))
+        elif maker.is_callable:
+            made = [maker.arg(None) for _ in values]
+        else:
+            made = [maker.arg] * len(values)
+        for row, value in zip(values, made, strict=True):
+            row.append(value)
     for index, name in enumerate(names):
         processor = columns[name].type._cached_bind_processor(dialect)
         if processor is not None:

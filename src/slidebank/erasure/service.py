@@ -63,7 +63,7 @@ class Erasures:
                 erased = erase_subject(session, pseudonym)
                 Pseudonyms.forget(session, pseudonym)  # the way back goes too: nothing may re-identify
                 Jobs.forget_slides(session, erased.slide_ids)  # records keep that a task ran, not its results
-                doomed = sorted(erased.blobs - catalog_files.referenced_blobs(session))
+                doomed = sorted(erased.blobs - catalog_files.referenced_blobs(session, sorted(erased.blobs)))
                 slide_digest = hashlib.sha256("\n".join(sorted(erased.slide_ids)).encode()).hexdigest()
                 session.add(Erasure(subject_sha256=subject_digest, requested_by=actor.name,
                                     images=len(erased.slide_ids), blobs_deleted=len(doomed),

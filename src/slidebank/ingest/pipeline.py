@@ -390,7 +390,7 @@ def register_slide(node: Registrar, request: IngestRequest, prepared: IngestedSl
 
 
 def _discard_blobs(node: Registrar, prepared: IngestedSlide) -> None:
-    referenced = node.catalog.referenced_blobs()
+    referenced = node.catalog.referenced_blobs([stored.sha256 for stored in prepared.files])
     for stored in prepared.files:
         if stored.sha256 not in referenced:
             node.store.delete(stored.sha256)

@@ -177,6 +177,14 @@ class Node:
         self.store.clear_leftovers()
         return deleted
 
+    def sweep_store(self) -> list[str]:
+        """Delete every blob of the store that nothing in the catalog references, whatever left it
+        (a crash before the pending-blob log existed, a hand-made copy); returns their digests.
+        It lists the whole store, so it is an operator's occasional command (`slidebank store
+        sweep`), not part of each ingest. Holds the ingest lock: nothing is being published meanwhile."""
+        with self.ingest_lock():
+            return self.recover() + self.store.collect_garbage(self.catalog.referenced_blobs)
+
     def close(self) -> None:
         if "governance_watch" in self.__dict__:
             self.governance_watch.close()

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -82,9 +83,23 @@ class BlobStore(Protocol):
 
     def delete_many(self, digests: Iterable[str]) -> None: ...  # pragma: no cover
 
-    def collect_garbage(self, referenced: set[str], min_age_s: float = 0) -> list[str]: ...  # pragma: no cover
+    def collect_garbage(self, referenced: Referenced, min_age_s: float = 0) -> list[str]: ...  # pragma: no cover
 
     def clear_leftovers(self, min_age_s: float = 0) -> None: ...  # pragma: no cover
+
+
+Referenced = Callable[[list[str]], set[str]]
+"""Which of these digests the catalog references: asked a chunk at a time, so that a sweep of a
+store of millions of blobs never holds the catalog's every digest in memory."""
+SWEEP_CHUNK = 1_000
+
+
+def unreferenced(digests: Iterable[str], referenced: Referenced) -> Iterator[list[str]]:
+    """The digests nothing references, a chunk at a time."""
+    iterator = iter(digests)
+    while chunk := list(islice(iterator, SWEEP_CHUNK)):
+        known = referenced(chunk)
+        yield [digest for digest in chunk if digest not in known]
 
 
 def sha256_file(path: Path, chunk_size: int = CHUNK_SIZE) -> BlobRef:
@@ -166,7 +181,7 @@ class LocalBlobStore:
         for digest in digests:
             self.delete(digest)
 
-    def collect_garbage(self, referenced: set[str], min_age_s: float = 0) -> list[str]:
+    def collect_garbage(self, referenced: Referenced, min_age_s: float = 0) -> list[str]:
         """Delete blobs nobody references (left by a crashed ingest) and stale staging dirs.
 
         `min_age_s` protects blobs that a concurrent ingest has published but not yet
@@ -174,13 +189,12 @@ class LocalBlobStore:
         """
         now = time.time()
         removed: list[str] = []
-        for digest in list(self.iter_blobs()):
-            if digest in referenced:
-                continue
-            path = self.blob_path(digest)
-            if now - path.stat().st_mtime >= min_age_s:
-                path.unlink(missing_ok=True)
-                removed.append(digest)
+        for digests in unreferenced(self.iter_blobs(), referenced):
+            for digest in digests:
+                path = self.blob_path(digest)
+                if now - path.stat().st_mtime >= min_age_s:
+                    path.unlink(missing_ok=True)
+                    removed.append(digest)
         self.clear_leftovers(min_age_s)
         return removed
 

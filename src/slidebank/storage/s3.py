@@ -25,7 +25,16 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from slidebank.storage.blobstore import BlobFile, BlobRef, check_digest, clear_stale_staging, private_staging, sha256_file
+from slidebank.storage.blobstore import (
+    BlobFile,
+    BlobRef,
+    Referenced,
+    check_digest,
+    clear_stale_staging,
+    private_staging,
+    sha256_file,
+    unreferenced,
+)
 from slidebank.storage.crypt import EncryptedFile, EncryptedFileError, NodeKeys, encrypt_file
 
 MIB = 1024 * 1024
@@ -172,13 +181,15 @@ class S3BlobStore:
         for name, _ in self._objects():
             yield name
 
-    def collect_garbage(self, referenced: set[str], min_age_s: float = 0) -> list[str]:
+    def collect_garbage(self, referenced: Referenced, min_age_s: float = 0) -> list[str]:
         """Delete unreferenced objects, multipart uploads a crashed process left open, and stale
         local staging folders, each older than `min_age_s`."""
         now = datetime.now(UTC)
-        doomed = [name for name, modified in self._objects()
-                  if name not in referenced and (now - modified).total_seconds() >= min_age_s]
-        self.delete_many(doomed)
+        old = (name for name, modified in self._objects() if (now - modified).total_seconds() >= min_age_s)
+        doomed: list[str] = []
+        for digests in unreferenced(old, referenced):
+            self.delete_many(digests)
+            doomed += digests
         self.clear_leftovers(min_age_s)
         return doomed
 
